@@ -1,0 +1,255 @@
+"""The wire schema of execbox, defined once.
+
+The service imports these models for its requests and responses, and the SDK parses the
+service's answers with them, so client and server cannot drift apart.
+
+What the user's code did is data: an :class:`Execution` with a :class:`ExecutionStatus`.
+Only failures of the service or of the transport are exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "DoneEvent",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "ErrorEvent",
+    "ExecuteRequest",
+    "Execution",
+    "ExecutionError",
+    "ExecutionEvent",
+    "ExecutionStatus",
+    "OneShotRequest",
+    "Resources",
+    "Result",
+    "ResultEvent",
+    "SessionCreate",
+    "SessionInfo",
+    "SessionLimits",
+    "StderrEvent",
+    "StdoutEvent",
+    "Truncation",
+    "parse_event",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+
+class _Request(BaseModel):
+    # Requests are strict about unknown fields: a typo in a limit must not pass silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExecutionStatus(str, Enum):
+    """How an execution ended.
+
+    - ``ok``: the code ran to the end.
+    - ``error``: the code raised; see :attr:`Execution.error`.
+    - ``timeout``: the server's deadline passed; output up to then is kept.
+    - ``interrupted``: stopped by an interrupt request from the client.
+    - ``out_of_memory``: the sandbox hit its memory limit and the kernel was killed.
+    - ``output_limit``: the code produced more output than the server accepts and was stopped.
+    - ``kernel_died``: the kernel process exited or crashed (``os._exit``, a segfault).
+    - ``sandbox_lost``: the sandbox container disappeared (killed from outside, engine failure).
+    """
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+    OUT_OF_MEMORY = "out_of_memory"
+    OUTPUT_LIMIT = "output_limit"
+    KERNEL_DIED = "kernel_died"
+    SANDBOX_LOST = "sandbox_lost"
+
+
+class ExecutionError(_Model):
+    """An exception raised by the user's code, without ANSI escapes."""
+
+    name: str = Field(description="Exception class name, e.g. ZeroDivisionError.")
+    value: str = Field(description="str() of the exception.")
+    traceback: list[str] = Field(default_factory=list, description="Traceback lines, ANSI-free.")
+
+
+class Result(_Model):
+    """A rich result: an ``execute_result`` or ``display_data`` MIME bundle.
+
+    Binary types such as ``image/png`` are base64 strings, as Jupyter sends them.
+    """
+
+    data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    is_main_result: bool = Field(
+        default=False, description="True for the value of the cell's last expression (execute_result)."
+    )
+
+    @property
+    def text(self) -> str | None:
+        value = self.data.get("text/plain")
+        return value if isinstance(value, str) else None
+
+    @property
+    def png(self) -> bytes | None:
+        value = self.data.get("image/png")
+        return base64.b64decode(value) if isinstance(value, str) else None
+
+
+class Truncation(_Model):
+    """What the output caps dropped, counted exactly."""
+
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    results: int = 0
+    traceback_lines: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.stdout_bytes or self.stderr_bytes or self.results or self.traceback_lines)
+
+
+class Resources(_Model):
+    """What one execution cost its sandbox, where the engine could tell."""
+
+    wall_ms: float = 0.0
+    cpu_ms: float | None = None
+    peak_memory_bytes: int | None = None
+
+
+class Execution(_Model):
+    """The complete feedback of one execution."""
+
+    status: ExecutionStatus
+    stdout: str = ""
+    stderr: str = ""
+    error: ExecutionError | None = None
+    results: list[Result] = Field(default_factory=list)
+    execution_count: int | None = None
+    duration_ms: float = 0.0
+    truncated: bool = Field(default=False, description="True when any output cap dropped something.")
+    truncation: Truncation = Field(default_factory=Truncation)
+    state_lost: bool = Field(
+        default=False, description="True when the session's variables are gone (the kernel was replaced)."
+    )
+    kernel_restarted: bool = Field(
+        default=False, description="True when the server replaced the kernel during or after this execution."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    message: str | None = Field(
+        default=None, description="The server's explanation of a non-ok status that is not a Python error."
+    )
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecutionStatus.OK
+
+    @property
+    def text(self) -> str | None:
+        """The ``text/plain`` of the main result (the value of the last expression), if any."""
+        for result in self.results:
+            if result.is_main_result:
+                return result.text
+        return None
+
+    def raise_for_error(self) -> Execution:
+        """Raise :class:`execbox.ExecutionFailedError` unless the status is ``ok``; return self."""
+        if not self.ok:
+            from execbox._exceptions import ExecutionFailedError
+
+            raise ExecutionFailedError(self)
+        return self
+
+
+# ---------------------------------------------------------------- streaming events
+
+
+class StdoutEvent(_Model):
+    type: Literal["stdout"] = "stdout"
+    text: str
+
+
+class StderrEvent(_Model):
+    type: Literal["stderr"] = "stderr"
+    text: str
+
+
+class ResultEvent(_Model):
+    type: Literal["result"] = "result"
+    result: Result
+
+
+class ErrorEvent(_Model):
+    type: Literal["error"] = "error"
+    error: ExecutionError
+
+
+class DoneEvent(_Model):
+    type: Literal["done"] = "done"
+    execution: Execution
+
+
+ExecutionEvent = Annotated[
+    StdoutEvent | StderrEvent | ResultEvent | ErrorEvent | DoneEvent, Field(discriminator="type")
+]
+_event_adapter: TypeAdapter[ExecutionEvent] = TypeAdapter(ExecutionEvent)
+
+
+def parse_event(line: str | bytes) -> ExecutionEvent:
+    """Parse one NDJSON line of an execution stream."""
+    return _event_adapter.validate_json(line)
+
+
+# ---------------------------------------------------------------- sessions and requests
+
+
+class SessionLimits(_Model):
+    memory_mb: int
+    cpus: float
+    timeout_s: float = Field(description="Default timeout of an execution in this session.")
+
+
+class SessionCreate(_Request):
+    """Body of ``POST /v1/sessions``; every limit is optional and bounded by the server's maxima."""
+
+    memory_mb: int | None = Field(default=None, ge=32, description="Memory limit (memory+swap) in MiB.")
+    cpus: float | None = Field(default=None, gt=0, le=64, description="CPU quota in cores.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Default execution timeout, seconds.")
+
+
+class SessionInfo(_Model):
+    id: str
+    limits: SessionLimits
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime = Field(description="When the session expires if it stays idle.")
+    busy: bool = False
+    execution_count: int = 0
+
+
+class ExecuteRequest(_Request):
+    code: str = Field(description="Python (IPython) source to run.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Deadline for this execution; defaults to the session's."
+    )
+
+
+class OneShotRequest(ExecuteRequest):
+    memory_mb: int | None = Field(default=None, ge=32)
+    cpus: float | None = Field(default=None, gt=0, le=64)
+
+
+class ErrorBody(_Model):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(_Model):
+    error: ErrorBody

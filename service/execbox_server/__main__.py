@@ -1,0 +1,3 @@
+from execbox_server import serve
+
+serve()

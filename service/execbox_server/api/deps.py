@@ -1,0 +1,62 @@
+"""Dependencies injected into the routers: the services built by the app's lifespan."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from execbox_server.backends.docker import DockerBackend
+from execbox_server.errors import Unauthorized
+from execbox_server.pool import KernelPool
+from execbox_server.sessions import SessionManager
+from execbox_server.settings import Settings
+
+__all__ = ["Owner", "Services", "ServicesDep", "get_owner", "get_services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    backend: DockerBackend
+    pool: KernelPool[Any]
+    sessions: SessionManager
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_owner(request: Request, services: ServicesDep) -> str | None:
+    """The caller's identity: a fingerprint of its API key, or None when auth is off.
+
+    Raises:
+        Unauthorized: keys are configured and the request carries none that matches.
+    """
+    keys = services.settings.api_keys
+    if not keys:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this server requires 'Authorization: Bearer <key>'")
+    supplied = token.strip().encode()
+    match = None
+    # Compare against every key, in constant time each, so timing says nothing.
+    for key in keys:
+        if hmac.compare_digest(supplied, key.get_secret_value().encode()):
+            match = key.get_secret_value()
+    if match is None:
+        raise Unauthorized("the API key is not valid for this server")
+    return hashlib.sha256(match.encode()).hexdigest()[:16]
+
+
+Owner = Annotated[str | None, Depends(get_owner)]

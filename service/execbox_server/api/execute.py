@@ -1,0 +1,40 @@
+"""One-shot execution: a fresh kernel, run, destroy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+
+from execbox._models import Execution, OneShotRequest
+from execbox_server.api.deps import Owner, ServicesDep
+from execbox_server.api.streaming import NDJSON, ndjson_stream
+from execbox_server.api.validation import check_code_size
+
+router = APIRouter(prefix="/v1", tags=["execute"])
+
+
+@router.post("/execute", response_model=Execution, summary="Run code once in a fresh sandbox")
+async def execute(body: OneShotRequest, services: ServicesDep, owner: Owner) -> Execution:
+    check_code_size(body.code, services.settings)
+    kernel, limits = await services.sessions.lease_one_shot(body)
+    return await services.sessions.run_one_shot(kernel, limits, body.code)
+
+
+@router.post(
+    "/execute/stream",
+    responses={200: {"content": {NDJSON: {}}, "description": "NDJSON events, the last one `done`"}},
+    response_class=Response,
+    summary="Run code once in a fresh sandbox, streaming events as NDJSON",
+)
+async def execute_stream(body: OneShotRequest, services: ServicesDep, owner: Owner) -> Response:
+    check_code_size(body.code, services.settings)
+    kernel, limits = await services.sessions.lease_one_shot(body)
+    interrupted = asyncio.Event()
+    return ndjson_stream(
+        lambda on_event: services.sessions.run_one_shot(
+            kernel, limits, body.code, on_event=on_event, interrupted=interrupted
+        ),
+        on_disconnect=interrupted.set,
+        tasks=services.tasks,
+    )

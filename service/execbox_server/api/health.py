@@ -1,0 +1,34 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from execbox_server.api.deps import ServicesDep
+from execbox_server.errors import EngineUnavailable, error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready to serve: engine reachable and the pool warm")
+async def readyz(services: ServicesDep) -> Any:
+    try:
+        await services.backend.ping()
+    except EngineUnavailable as exc:
+        return error_response(503, exc.code, exc.message, exc.headers())
+    stats = services.pool.stats()
+    if not services.pool.warm:
+        return error_response(
+            503, "pool_warming", f"the pool has {stats.ready} of {stats.min_ready} warm kernels ready"
+        )
+    return JSONResponse(
+        {"status": "ready", "pool": {"ready": stats.ready, "starting": stats.starting, "leased": stats.leased}}
+    )

@@ -1,0 +1,95 @@
+"""Sessions: stateful kernels, one per session."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from execbox._models import ExecuteRequest, Execution, SessionCreate, SessionInfo
+from execbox_server.api.deps import Owner, ServicesDep
+from execbox_server.api.streaming import NDJSON, ndjson_stream
+from execbox_server.api.validation import check_code_size
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+_ERRORS = {
+    401: {"description": "Missing or wrong API key"},
+    404: {"description": "No such session (or not yours)"},
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionInfo, summary="Create a session")
+async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> SessionInfo:
+    return await services.sessions.create(owner, body or SessionCreate())
+
+
+@router.get("", response_model=list[SessionInfo], summary="List your sessions")
+async def list_sessions(services: ServicesDep, owner: Owner) -> list[SessionInfo]:
+    return services.sessions.list(owner)
+
+
+@router.get("/{session_id}", response_model=SessionInfo, responses=_ERRORS, summary="Get a session")
+async def get_session(session_id: str, services: ServicesDep, owner: Owner) -> SessionInfo:
+    return services.sessions.info(services.sessions.get(owner, session_id))
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_ERRORS,
+    summary="Delete a session and its container",
+)
+async def delete_session(session_id: str, services: ServicesDep, owner: Owner) -> Response:
+    await services.sessions.delete(owner, session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{session_id}/execute",
+    response_model=Execution,
+    responses={**_ERRORS, 409: {"description": "Another execution is running"}},
+    summary="Run code in the session and return the whole Execution",
+)
+async def execute(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Execution:
+    check_code_size(body.code, services.settings)
+    return await services.sessions.execute(owner, session_id, body)
+
+
+@router.post(
+    "/{session_id}/execute/stream",
+    responses={
+        **_ERRORS,
+        409: {"description": "Another execution is running"},
+        200: {"content": {NDJSON: {}}, "description": "NDJSON events, the last one `done`"},
+    },
+    response_class=Response,
+    summary="Run code in the session, streaming events as NDJSON",
+)
+async def execute_stream(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
+    check_code_size(body.code, services.settings)
+    session = services.sessions.reserve(owner, session_id)
+
+    def on_disconnect() -> None:
+        if session.interrupt is not None:
+            session.interrupt.set()
+
+    return ndjson_stream(
+        lambda on_event: services.sessions.run_reserved(session, body, on_event),
+        on_disconnect=on_disconnect,
+        tasks=services.tasks,
+    )
+
+
+@router.post("/{session_id}/interrupt", responses=_ERRORS, summary="Interrupt the running execution")
+async def interrupt(session_id: str, services: ServicesDep, owner: Owner) -> dict[str, bool]:
+    return {"interrupted": services.sessions.interrupt(owner, session_id)}
+
+
+@router.post(
+    "/{session_id}/restart",
+    response_model=SessionInfo,
+    responses={**_ERRORS, 409: {"description": "An execution is running"}},
+    summary="Replace the session's kernel with a fresh one (variables are lost)",
+)
+async def restart(session_id: str, services: ServicesDep, owner: Owner) -> SessionInfo:
+    return await services.sessions.restart(owner, session_id)

@@ -1,0 +1,63 @@
+"""Execution streams: typed NDJSON events, ending with ``done`` that carries the Execution."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi.responses import StreamingResponse
+
+from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution, ExecutionEvent
+from execbox_server.errors import ServiceError
+
+__all__ = ["NDJSON", "ndjson_stream"]
+
+log = logging.getLogger("execbox.api")
+
+NDJSON = "application/x-ndjson"
+
+
+def ndjson_stream(
+    run: Callable[[Callable[[ExecutionEvent], Awaitable[None]]], Awaitable[Execution]],
+    *,
+    on_disconnect: Callable[[], None],
+    tasks: set[asyncio.Task[None]],
+) -> StreamingResponse:
+    """Start ``run`` now and stream its events; a client that goes away triggers ``on_disconnect``.
+
+    A service failure after the stream started (rare: the response status is already sent)
+    ends the stream with one ``{"error": {...}}`` line instead of ``done``.
+    """
+    # Bounded by the executor's output caps: only kept output becomes events.
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def on_event(event: ExecutionEvent) -> None:
+        queue.put_nowait(event.model_dump_json() + "\n")
+
+    async def runner() -> None:
+        try:
+            execution = await run(on_event)
+            queue.put_nowait(DoneEvent(execution=execution).model_dump_json() + "\n")
+        except ServiceError as exc:
+            queue.put_nowait(ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n")
+        except Exception:
+            log.exception("execution stream failed")
+            body = ErrorBody(code="internal_error", message="the execution failed inside the service")
+            queue.put_nowait(ErrorEnvelope(error=body).model_dump_json() + "\n")
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.get_running_loop().create_task(runner())
+    tasks.add(task)  # keep a reference: the loop holds tasks weakly
+    task.add_done_callback(tasks.discard)
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            if not task.done():
+                on_disconnect()
+
+    return StreamingResponse(body(), media_type=NDJSON, headers={"Cache-Control": "no-store"})

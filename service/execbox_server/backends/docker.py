@@ -1,0 +1,386 @@
+"""Sandboxes as locked-down Docker containers, each running one ipykernel.
+
+Every container gets: no network, all capabilities dropped, no-new-privileges, a read-only
+root with size-limited tmpfs for HOME and /tmp, memory = memory+swap, a pids limit, a CPU
+quota, a non-root user, and ``--init`` so the kernel is not PID 1 (signals behave). The
+kernel is reached over ZMQ IPC sockets in a bind-mounted per-kernel directory.
+
+Ownership: containers carry ``execbox.instance=<id>``; the instance holds an flock on
+``<state_dir>/instances/<id>.lock`` for as long as it lives. At start-up, containers of an
+instance whose lock can be taken are orphans of a crashed process and are removed; a live
+neighbour's lock cannot be taken, so its containers are never touched.
+
+``docker.errors`` never leave this module: they become ``EngineUnavailable``,
+``SandboxStartFailed`` or ``SandboxGone``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+import zmq.asyncio
+
+from execbox_server.backends.base import SandboxGone, SandboxSpec, SandboxState, SandboxStatus, Usage
+from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStartFailed
+from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
+from execbox_server.settings import Settings
+
+__all__ = ["DockerBackend", "DockerKernel"]
+
+log = logging.getLogger("execbox.backend")
+
+LABEL_MANAGED = "execbox.managed"
+LABEL_INSTANCE = "execbox.instance"
+LABEL_KERNEL = "execbox.kernel"
+SANDBOX_UID = 1000
+
+T = TypeVar("T")
+
+_ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+@dataclass(eq=False)
+class DockerKernel:
+    """One sandbox container and the connection to the kernel inside it."""
+
+    id: str
+    container_id: str
+    files: ConnectionFiles
+    conn: KernelConnection
+    spec: SandboxSpec
+    started_at: float = field(default_factory=time.monotonic)
+    destroyed: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return self.container_id[:12]
+
+
+class DockerBackend:
+    def __init__(self, settings: Settings, *, instance_id: str | None = None) -> None:
+        self._settings = settings
+        self.instance_id = instance_id or secrets.token_hex(6)
+        self._zmq = zmq.asyncio.Context()
+        self._client: docker.DockerClient | None = None
+        self._lock_fd: int | None = None
+        self._kernels_dir = settings.state_dir / self.instance_id
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect to the engine, claim this instance's lock and reap orphans of dead instances.
+
+        Raises:
+            EngineUnavailable: the engine does not answer.
+        """
+        instances = self._settings.state_dir / "instances"
+        instances.mkdir(parents=True, exist_ok=True)
+        self._kernels_dir.mkdir(parents=True, exist_ok=True)
+        # The sandbox user must traverse to its own socket dir; the dirs below are 0700.
+        self._settings.state_dir.chmod(0o711)
+        self._kernels_dir.chmod(0o711)
+        fd = os.open(instances / f"{self.instance_id}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+        self._client = await self._call(
+            lambda: docker.DockerClient(base_url=self._settings.docker_url or None, timeout=30, max_pool_size=32)
+            if self._settings.docker_url
+            else docker.from_env(timeout=30, max_pool_size=32)
+        )
+        await self.ping()
+        removed = await self.reap_orphans()
+        if removed:
+            log.info("removed %d orphaned sandbox container(s) of dead instances", removed)
+
+    async def close(self) -> None:
+        """Remove every container this instance owns, then release the instance lock."""
+        if self._client is not None:
+            with contextlib.suppress(EngineUnavailable):
+                await self._remove_where({LABEL_INSTANCE: self.instance_id})
+        shutil.rmtree(self._kernels_dir, ignore_errors=True)
+        self._zmq.destroy(linger=0)
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._settings.state_dir / "instances" / f"{self.instance_id}.lock")
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def ping(self) -> None:
+        """Raises EngineUnavailable unless the engine answers."""
+        await self._call(lambda: self._docker.ping())
+
+    async def reap_orphans(self) -> int:
+        """Remove containers of execbox instances that no longer hold their lock."""
+        containers = await self._call(
+            lambda: self._docker.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})
+        )
+        dead: set[str] = set()
+        for container in containers:
+            owner = container.labels.get(LABEL_INSTANCE, "")
+            if owner and owner != self.instance_id and owner not in dead and self._instance_is_dead(owner):
+                dead.add(owner)
+        removed = 0
+        for owner in dead:
+            removed += await self._remove_where({LABEL_INSTANCE: owner})
+            shutil.rmtree(self._settings.state_dir / owner, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(self._settings.state_dir / "instances" / f"{owner}.lock")
+        return removed
+
+    def _instance_is_dead(self, owner: str) -> bool:
+        path = self._settings.state_dir / "instances" / f"{owner}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    # ------------------------------------------------------------------ sandboxes
+
+    async def start(self, spec: SandboxSpec) -> DockerKernel:
+        kernel_id = secrets.token_hex(6)
+        files = ConnectionFiles.create(self._kernels_dir / kernel_id, sandbox_uid=SANDBOX_UID)
+        container_id: str | None = None
+        conn: KernelConnection | None = None
+        try:
+            container = await self._call(lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files)))
+            container_id = str(container.id)
+            conn = KernelConnection(files, self._zmq)
+            kernel = DockerKernel(id=kernel_id, container_id=container_id, files=files, conn=conn, spec=spec)
+            await self._wait_ready(kernel)
+            return kernel
+        except BaseException as exc:
+            # Nothing half-started may survive a failure or a cancellation.
+            if conn is not None:
+                conn.close()
+            await asyncio.shield(self._remove_quietly(container_id, files))
+            if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
+                raise
+            if isinstance(exc, KernelNotReady | docker.errors.DockerException | SandboxGone):
+                raise SandboxStartFailed(f"sandbox did not start: {exc}") from exc
+            raise
+
+    async def _wait_ready(self, kernel: DockerKernel) -> None:
+        deadline = time.monotonic() + self._settings.kernel_start_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await kernel.conn.wait_ready(timeout=min(1.0, max(remaining, 0.05)))
+                return
+            except KernelNotReady:
+                if remaining <= 0:
+                    raise
+            # Waiting on a kernel that already exited would just burn the deadline.
+            state = await self.inspect(kernel)
+            if state.status is not SandboxStatus.RUNNING:
+                logs = await self._call(
+                    lambda: self._docker.containers.get(kernel.container_id).logs(tail=5).decode(errors="replace")
+                )
+                raise KernelNotReady(f"kernel container {state.status.value} before it was ready: {logs.strip()}")
+
+    async def destroy(self, kernel: DockerKernel) -> None:
+        if kernel.destroyed:
+            return
+        kernel.destroyed = True
+        kernel.conn.close()
+        await self._remove_quietly(kernel.container_id, kernel.files)
+
+    async def update_limits(self, kernel: DockerKernel, spec: SandboxSpec) -> None:
+        """Change a running sandbox's memory and CPU limits (used when a session asks for its own).
+
+        Raises:
+            InvalidLimits: the engine refused the limits (e.g. memory below what the kernel uses).
+        """
+        if spec == kernel.spec:
+            return
+        mem = f"{spec.memory_mb}m"
+        try:
+            await self._call(
+                lambda: self._docker.api.update_container(
+                    kernel.container_id,
+                    mem_limit=mem,
+                    memswap_limit=mem,
+                    cpu_period=100_000,
+                    cpu_quota=int(spec.cpus * 100_000),
+                )
+            )
+        except docker.errors.APIError as exc:
+            raise InvalidLimits(f"the sandbox refused these limits: {exc.explanation}") from exc
+        kernel.spec = spec
+
+    async def inspect(self, kernel: DockerKernel) -> SandboxState:
+        try:
+            attrs = await self._call(lambda: self._docker.api.inspect_container(kernel.container_id))
+        except SandboxGone:
+            return SandboxState(SandboxStatus.GONE)
+        state = attrs.get("State", {})
+        if state.get("Running") and not state.get("Paused"):
+            return SandboxState(SandboxStatus.RUNNING)
+        if state.get("OOMKilled"):
+            return SandboxState(SandboxStatus.OOM_KILLED, state.get("ExitCode"))
+        if state.get("Running"):
+            return SandboxState(SandboxStatus.RUNNING)
+        return SandboxState(SandboxStatus.EXITED, state.get("ExitCode"))
+
+    async def kill(self, kernel: DockerKernel) -> None:
+        """SIGKILL everything in the sandbox (the init forwards nothing: the cgroup dies)."""
+        with contextlib.suppress(SandboxGone, docker.errors.APIError):
+            await self._call(lambda: self._docker.api.kill(kernel.container_id, signal="SIGKILL"))
+
+    async def signal(self, kernel: DockerKernel, sig: str) -> None:
+        """Send a signal to the kernel through the container's init (e.g. SIGINT)."""
+        with contextlib.suppress(SandboxGone, docker.errors.APIError):
+            await self._call(lambda: self._docker.api.kill(kernel.container_id, signal=sig))
+
+    # ------------------------------------------------------------------ resource accounting
+
+    def usage(self, kernel: DockerKernel) -> Usage:
+        """CPU time and peak memory of the sandbox from its cgroup (None where unreadable)."""
+        cid = kernel.container_id
+        cpu = _read_int(_cgroup_file(cid, "cpuacct", "cpuacct.usage"))
+        if cpu is None:
+            usec = _read_keyed(_cgroup_file(cid, "", "cpu.stat"), "usage_usec")
+            cpu = usec * 1000 if usec is not None else None
+        peak = _read_int(_cgroup_file(cid, "memory", "memory.max_usage_in_bytes"))
+        if peak is None:
+            peak = _read_int(_cgroup_file(cid, "", "memory.peak"))
+        return Usage(cpu_ns=cpu, peak_memory_bytes=peak)
+
+    def reset_peak_memory(self, kernel: DockerKernel) -> None:
+        for path in (
+            _cgroup_file(kernel.container_id, "memory", "memory.max_usage_in_bytes"),
+            _cgroup_file(kernel.container_id, "", "memory.peak"),
+        ):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.write_text("0\n")
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            raise EngineUnavailable("the Docker backend is not open")
+        return self._client
+
+    def _run_args(self, kernel_id: str, spec: SandboxSpec, files: ConnectionFiles) -> dict[str, Any]:
+        s = self._settings
+        mem = f"{spec.memory_mb}m"
+        tmpfs_opts = f"size={s.tmpfs_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"
+        return {
+            "image": s.image,
+            "detach": True,
+            "init": True,
+            "name": f"execbox-{self.instance_id}-{kernel_id}",
+            "hostname": "sandbox",
+            "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+            "network_mode": "none",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {"/home/sandbox": tmpfs_opts, "/tmp": tmpfs_opts},
+            "mem_limit": mem,
+            "memswap_limit": mem,
+            "pids_limit": s.pids_limit,
+            "nano_cpus": int(spec.cpus * 1e9),
+            "ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
+            "ipc_mode": "private",
+            "volumes": {str(files.host_dir): {"bind": files.container_dir, "mode": "rw"}},
+            "working_dir": "/home/sandbox",
+            "environment": {"EXECBOX_PREIMPORT": s.preimport},
+            "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: self.instance_id, LABEL_KERNEL: kernel_id},
+            "log_config": docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+        }
+
+    async def _remove_quietly(self, container_id: str | None, files: ConnectionFiles | None) -> None:
+        if container_id is not None:
+            try:
+                await self._call(lambda: self._docker.api.remove_container(container_id, force=True))
+            except SandboxGone:
+                pass
+            except (EngineUnavailable, docker.errors.APIError) as exc:
+                # The orphan reaper of the next start-up removes what is left here.
+                log.warning("could not remove sandbox %s: %s", container_id[:12], exc)
+        if files is not None:
+            shutil.rmtree(files.host_dir, ignore_errors=True)
+
+    async def _remove_where(self, labels: dict[str, str]) -> int:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        containers = await self._call(lambda: self._docker.containers.list(all=True, filters=filters))
+        for container in containers:
+            with contextlib.suppress(SandboxGone, docker.errors.APIError):
+                await self._call(lambda c=container: c.remove(force=True))
+        return len(containers)
+
+    async def _call(self, fn: Any) -> Any:
+        """Run a blocking docker-py call in a thread; translate engine errors."""
+        try:
+            return await asyncio.to_thread(fn)
+        except docker.errors.NotFound as exc:
+            raise SandboxGone(str(exc)) from exc
+        except _ENGINE_ERRORS as exc:
+            raise EngineUnavailable(
+                "the Docker engine is unreachable; is dockerd running? (scripts/ensure-docker.sh starts it)",
+                retry_after=5,
+            ) from exc
+        except docker.errors.DockerException as exc:
+            if isinstance(exc, docker.errors.APIError):
+                raise
+            raise EngineUnavailable(f"the Docker engine is unavailable: {exc}", retry_after=5) from exc
+
+
+def _cgroup_file(container_id: str, controller: str, name: str) -> Path | None:
+    root = Path("/sys/fs/cgroup")
+    candidates = [
+        root / controller / "docker" / container_id / name,
+        root / controller / "system.slice" / f"docker-{container_id}.scope" / name,
+    ]
+    for path in candidates:
+        if path.exists():
+            return path
+    return None
+
+
+def _read_int(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read_keyed(path: Path | None, key: str) -> int | None:
+    if path is None:
+        return None
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None

@@ -1,0 +1,17 @@
+"""The only place raw Jupyter messages exist."""
+
+from execbox_server.kernel.connection import ConnectionFiles, KernelConnection, KernelNotReady
+from execbox_server.kernel.events import ClearOutput, Display, Error, Idle, KernelEvent, Reply, Stream
+
+__all__ = [
+    "ClearOutput",
+    "ConnectionFiles",
+    "Display",
+    "Error",
+    "Idle",
+    "KernelConnection",
+    "KernelEvent",
+    "KernelNotReady",
+    "Reply",
+    "Stream",
+]

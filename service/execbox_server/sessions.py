@@ -1,0 +1,340 @@
+"""Session registry: id -> leased kernel, one execution at a time, idle expiry.
+
+A session owns one kernel leased from the pool for its whole life. When an execution
+leaves the kernel unusable (killed by the timeout ladder, crashed, out of memory, the
+container lost) the session gets a fresh kernel and the Execution says ``state_lost``:
+never a silent restart. Deleting or expiring a session destroys its container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from execbox._models import (
+    ExecuteRequest,
+    Execution,
+    OneShotRequest,
+    SessionCreate,
+    SessionInfo,
+    SessionLimits,
+)
+from execbox_server.backends.base import SandboxSpec
+from execbox_server.errors import InvalidLimits, PoolClosed, SessionBusy, SessionLimitReached, SessionNotFound
+from execbox_server.executor import ExecLimits, Executor, OnEvent
+from execbox_server.pool import KernelPool
+from execbox_server.settings import Settings
+
+__all__ = ["Session", "SessionManager"]
+
+log = logging.getLogger("execbox.sessions")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    owner: str | None
+    limits: SessionLimits
+    kernel: Any | None
+    created_at: datetime = field(default_factory=_now)
+    last_used_at: datetime = field(default_factory=_now)
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupt: asyncio.Event | None = None
+    executions: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def reserve(self, what: str) -> None:
+        # No await between the check and the set: two requests can never both pass.
+        if self.busy:
+            raise SessionBusy(f"session {self.id} is running another execution; {what}")
+        self.busy = True
+        self.idle.clear()
+
+    def unreserve(self) -> None:
+        self.busy = False
+        self.idle.set()
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+        self.last_used_at = _now()
+
+    def info(self, ttl_s: float) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            limits=self.limits,
+            created_at=self.created_at,
+            last_used_at=self.last_used_at,
+            expires_at=self.last_used_at + timedelta(seconds=ttl_s),
+            busy=self.busy,
+            execution_count=self.executions,
+        )
+
+
+class SessionManager:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: KernelPool[Any],
+        executor: Executor,
+        apply_limits: Callable[[Any, SandboxSpec], Awaitable[None]],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._executor = executor
+        self._apply_limits = apply_limits
+        self._sessions: dict[str, Session] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(self._destroy(s) for s in sessions), return_exceptions=True)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(self, owner: str | None, request: SessionCreate) -> SessionInfo:
+        """Lease a warm kernel for a new session.
+
+        Raises:
+            InvalidLimits: a limit is above the server's maximum.
+            SessionLimitReached: the server holds ``max_sessions`` sessions already.
+            PoolExhausted / EngineUnavailable: no kernel could be had in time.
+        """
+        if self._closed:
+            raise PoolClosed("the service is shutting down")
+        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s)
+        if len(self._sessions) >= self._settings.max_sessions:
+            raise SessionLimitReached(
+                f"the server holds its maximum of {self._settings.max_sessions} sessions; delete one first",
+                retry_after=5,
+            )
+        kernel = await self._lease(limits)
+        session = Session(id="s_" + secrets.token_hex(12), owner=owner, limits=limits, kernel=kernel)
+        self._sessions[session.id] = session
+        log.info("session created id=%s kernel=%s", session.id, getattr(kernel, "id", "?"))
+        return session.info(self._settings.session_ttl_s)
+
+    def get(self, owner: str | None, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != owner:
+            # Another key's session is indistinguishable from one that does not exist.
+            raise SessionNotFound(f"no session {session_id!r}; it may have expired or been deleted")
+        return session
+
+    def info(self, session: Session) -> SessionInfo:
+        return session.info(self._settings.session_ttl_s)
+
+    def list(self, owner: str | None) -> list[SessionInfo]:
+        return [self.info(s) for s in self._sessions.values() if s.owner == owner]
+
+    @property
+    def count(self) -> int:
+        return len(self._sessions)
+
+    async def delete(self, owner: str | None, session_id: str) -> None:
+        session = self.get(owner, session_id)
+        self._sessions.pop(session.id, None)
+        if session.interrupt is not None:
+            session.interrupt.set()
+        await self._destroy(session)
+        log.info("session deleted id=%s", session.id)
+
+    # ------------------------------------------------------------------ executions
+
+    def reserve(self, owner: str | None, session_id: str) -> Session:
+        """Mark a session busy for one execution, synchronously.
+
+        Raises:
+            SessionNotFound: no such session for this owner.
+            SessionBusy: an execution is already running.
+        """
+        session = self.get(owner, session_id)
+        session.reserve("wait for it or interrupt it")
+        return session
+
+    async def execute(
+        self, owner: str | None, session_id: str, request: ExecuteRequest, on_event: OnEvent | None = None
+    ) -> Execution:
+        """Run code in a session.
+
+        Raises:
+            SessionNotFound, SessionBusy (an execution is running), InvalidLimits (timeout too long).
+        """
+        session = self.reserve(owner, session_id)
+        return await self.run_reserved(session, request, on_event)
+
+    async def run_reserved(
+        self, session: Session, request: ExecuteRequest, on_event: OnEvent | None = None
+    ) -> Execution:
+        """Run code in a session reserved with :meth:`reserve`; always ends the reservation."""
+        try:
+            timeout = self._timeout(request.timeout_s, session.limits.timeout_s)
+            session.touch()
+            if session.kernel is None:
+                session.kernel = await self._lease(session.limits)
+            session.interrupt = asyncio.Event()
+            try:
+                outcome = await self._executor.run(
+                    session.kernel,
+                    request.code,
+                    self._exec_limits(timeout),
+                    on_event=on_event,
+                    interrupted=session.interrupt,
+                )
+            except BaseException:
+                # Cancelled mid-execution: the kernel's state is unknown, so it is retired.
+                await asyncio.shield(self._retire_kernel(session))
+                raise
+            finally:
+                session.interrupt = None
+            session.executions += 1
+            if not outcome.kernel_usable:
+                await asyncio.shield(self._retire_kernel(session))
+                if not session.closed:
+                    # A failure here leaves kernel=None; the next execute leases again.
+                    with contextlib.suppress(Exception):
+                        session.kernel = await self._lease(session.limits)
+            return outcome.execution
+        finally:
+            session.touch()
+            session.unreserve()
+
+    def interrupt(self, owner: str | None, session_id: str) -> bool:
+        """Interrupt the running execution, if any; return whether one was running."""
+        session = self.get(owner, session_id)
+        if session.interrupt is None:
+            return False
+        session.interrupt.set()
+        return True
+
+    async def restart(self, owner: str | None, session_id: str) -> SessionInfo:
+        """Replace the session's kernel with a fresh one (all variables are lost)."""
+        session = self.get(owner, session_id)
+        session.reserve("interrupt it before restarting")
+        try:
+            await asyncio.shield(self._retire_kernel(session))
+            session.kernel = await self._lease(session.limits)
+            session.executions = 0
+        finally:
+            session.touch()
+            session.unreserve()
+        return self.info(session)
+
+    async def lease_one_shot(self, request: OneShotRequest) -> tuple[Any, SessionLimits]:
+        """Lease a fresh kernel for one execution (see :meth:`run_one_shot`).
+
+        Raises:
+            InvalidLimits, PoolExhausted, EngineUnavailable, PoolClosed.
+        """
+        if self._closed:
+            raise PoolClosed("the service is shutting down")
+        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s)
+        return await self._lease(limits), limits
+
+    async def run_one_shot(
+        self,
+        kernel: Any,
+        limits: SessionLimits,
+        code: str,
+        *,
+        on_event: OnEvent | None = None,
+        interrupted: asyncio.Event | None = None,
+    ) -> Execution:
+        """Run code on a kernel from :meth:`lease_one_shot`, then destroy the kernel."""
+        try:
+            outcome = await self._executor.run(
+                kernel, code, self._exec_limits(limits.timeout_s), on_event=on_event, interrupted=interrupted
+            )
+            return outcome.execution
+        finally:
+            await asyncio.shield(self._pool.release(kernel))
+
+    # ------------------------------------------------------------------ internals
+
+    def _limits(self, memory_mb: int | None, cpus: float | None, timeout_s: float | None) -> SessionLimits:
+        s = self._settings
+        if memory_mb is not None and memory_mb > s.max_memory_mb:
+            raise InvalidLimits(f"memory_mb={memory_mb} is above this server's maximum of {s.max_memory_mb}")
+        if cpus is not None and cpus > s.max_cpus:
+            raise InvalidLimits(f"cpus={cpus} is above this server's maximum of {s.max_cpus}")
+        timeout = self._timeout(timeout_s, s.default_timeout_s)
+        return SessionLimits(memory_mb=memory_mb or s.memory_mb, cpus=cpus or s.cpus, timeout_s=timeout)
+
+    def _timeout(self, requested: float | None, default: float) -> float:
+        if requested is not None and requested > self._settings.max_timeout_s:
+            raise InvalidLimits(
+                f"timeout_s={requested} is above this server's maximum of {self._settings.max_timeout_s}"
+            )
+        return requested or default
+
+    def _exec_limits(self, timeout: float) -> ExecLimits:
+        s = self._settings
+        return ExecLimits(
+            timeout_s=timeout,
+            interrupt_grace_s=s.interrupt_grace_s,
+            max_output_bytes=s.max_output_bytes,
+            max_results=s.max_results,
+            max_result_bytes=s.max_result_bytes,
+        )
+
+    async def _lease(self, limits: SessionLimits) -> Any:
+        kernel = await self._pool.acquire(timeout=self._settings.acquire_timeout_s)
+        try:
+            await self._apply_limits(kernel, SandboxSpec(memory_mb=limits.memory_mb, cpus=limits.cpus))
+        except BaseException:
+            await asyncio.shield(self._pool.release(kernel))
+            raise
+        return kernel
+
+    async def _retire_kernel(self, session: Session) -> None:
+        kernel, session.kernel = session.kernel, None
+        if kernel is not None:
+            await self._pool.release(kernel)
+
+    async def _destroy(self, session: Session) -> None:
+        session.closed = True
+        # Give a running execution time to notice the interrupt and stop by itself.
+        if session.busy:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.interrupt_grace_s * 2 + 2):
+                    await session.idle.wait()
+        await asyncio.shield(self._retire_kernel(session))
+
+    async def _reap_idle(self) -> None:
+        ttl = self._settings.session_ttl_s
+        period = max(0.2, min(5.0, ttl / 4))
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - ttl
+            for session in list(self._sessions.values()):
+                if session.last_used < cutoff and not session.busy:
+                    self._sessions.pop(session.id, None)
+                    log.info("session expired id=%s idle_for=%.0fs", session.id, time.monotonic() - session.last_used)
+                    await self._destroy(session)

@@ -1,0 +1,101 @@
+"""Service settings, read from ``EXECBOX_*`` environment variables.
+
+Settings are built once by the caller (``create_app(Settings())``) and injected; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+# AF_UNIX socket paths are limited to 107 bytes; the kernel's socket names add "/k-N".
+MAX_STATE_DIR_LEN = 60
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXECBOX_", extra="ignore")
+
+    # --- listening
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys; when set, every /v1 call must carry one.",
+    )
+
+    # --- sandbox
+    image: str = Field("execbox-sandbox-python:latest", description="Sandbox image.")
+    docker_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket.")
+    state_dir: Path = Field(Path("/run/execbox"), description="Where per-kernel IPC socket dirs live.")
+    memory_mb: int = Field(512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap).")
+    max_memory_mb: int = Field(4096, ge=64, description="Largest memory limit a session may ask for.")
+    cpus: float = Field(1.0, gt=0, description="Default CPU quota of a sandbox, in cores.")
+    max_cpus: float = Field(2.0, gt=0, description="Largest CPU quota a session may ask for.")
+    pids_limit: int = Field(256, ge=16, description="Process/thread limit of a sandbox.")
+    tmpfs_mb: int = Field(256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp).")
+    preimport: str = Field("numpy,pandas,matplotlib", description="Modules warm kernels import in advance.")
+
+    # --- pool
+    min_ready: int = Field(2, ge=0, description="Warm kernels kept ready.")
+    max_total: int = Field(16, ge=1, description="Most kernels alive at once (ready + starting + leased).")
+    max_starting: int = Field(2, ge=1, description="Most kernels starting at once.")
+    acquire_timeout_s: float = Field(10.0, ge=0, description="How long a request waits for a free kernel.")
+    kernel_start_timeout_s: float = Field(30.0, gt=0)
+
+    # --- executions
+    default_timeout_s: float = Field(30.0, gt=0, description="Execution timeout when a request gives none.")
+    max_timeout_s: float = Field(300.0, gt=0, description="Largest execution timeout a request may ask for.")
+    interrupt_grace_s: float = Field(2.0, ge=0, description="Wait after an interrupt before the kernel is killed.")
+    max_output_bytes: int = Field(1_000_000, ge=1024, description="stdout+stderr kept per execution (head and tail).")
+    max_results: int = Field(50, ge=1, description="Rich results kept per execution.")
+    max_result_bytes: int = Field(10_000_000, ge=1024, description="Largest single rich result kept.")
+    max_code_bytes: int = Field(1_000_000, ge=1, description="Largest code accepted in a request.")
+
+    # --- sessions
+    session_ttl_s: float = Field(600.0, gt=0, description="Idle sessions are deleted after this long.")
+    max_sessions: int = Field(64, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Self:
+        if len(str(self.state_dir)) > MAX_STATE_DIR_LEN:
+            raise ValueError(
+                f"EXECBOX_STATE_DIR must be at most {MAX_STATE_DIR_LEN} characters "
+                "(unix socket paths are limited to 107 bytes)"
+            )
+        if self.memory_mb > self.max_memory_mb:
+            raise ValueError("EXECBOX_MEMORY_MB must not exceed EXECBOX_MAX_MEMORY_MB")
+        if self.cpus > self.max_cpus:
+            raise ValueError("EXECBOX_CPUS must not exceed EXECBOX_MAX_CPUS")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("EXECBOX_DEFAULT_TIMEOUT_S must not exceed EXECBOX_MAX_TIMEOUT_S")
+        if self.min_ready > self.max_total:
+            raise ValueError("EXECBOX_MIN_READY must not exceed EXECBOX_MAX_TOTAL")
+        if not self.api_keys and not _is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host} without authentication: "
+                "set EXECBOX_API_KEYS or listen on 127.0.0.1"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
