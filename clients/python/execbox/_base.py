@@ -1,0 +1,242 @@
+"""What the sync and async clients share, with no I/O: configuration, request building,
+response parsing, error mapping, stream decoding and the retry policy.
+
+Only sending and sleeping are written twice (in ``_client.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from execbox._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    ExecboxError,
+    PoolExhaustedError,
+    RateLimitError,
+    StreamError,
+    make_status_error,
+)
+from execbox._models import (
+    DoneEvent,
+    ErrorEvent,
+    ExecuteRequest,
+    Execution,
+    ExecutionError,
+    ExecutionEvent,
+    ExecutionStatus,
+    OneShotRequest,
+    ResultEvent,
+    SessionCreate,
+    StderrEvent,
+    StdoutEvent,
+    parse_event,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "Callbacks", "ClientConfig", "is_unsent"]
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 2
+# Beyond an execution's own deadline, the server may need a few seconds for the timeout
+# ladder (interrupt grace, kill, replacement) before it answers.
+EXECUTION_MARGIN_S = 15.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """Optional per-event callbacks of a streamed run."""
+
+    on_stdout: Any = None
+    on_stderr: Any = None
+    on_result: Any = None
+    on_error: Any = None
+
+    @property
+    def any(self) -> bool:
+        return any((self.on_stdout, self.on_stderr, self.on_result, self.on_error))
+
+    def dispatch(self, event: ExecutionEvent) -> None:
+        if isinstance(event, StdoutEvent) and self.on_stdout:
+            self.on_stdout(event.text)
+        elif isinstance(event, StderrEvent) and self.on_stderr:
+            self.on_stderr(event.text)
+        elif isinstance(event, ResultEvent) and self.on_result:
+            self.on_result(event.result)
+        elif isinstance(event, ErrorEvent) and self.on_error:
+            self.on_error(event.error)
+
+
+class ClientConfig:
+    """Configuration and the I/O-free half of a client."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float | None,
+        max_retries: int,
+    ) -> None:
+        url = base_url or os.environ.get("EXECBOX_URL") or DEFAULT_URL
+        self.base_url = url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("EXECBOX_API_KEY")
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.max_retries = max_retries
+
+    # ------------------------------------------------------------------ building
+
+    def headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "execbox-python/0.1.0", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def http_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+
+    def execution_timeout(self, timeout_s: float | None) -> httpx.Timeout:
+        """The HTTP timeout of an execute call: the execution's deadline plus the ladder."""
+        read = max(self.timeout, (timeout_s or self.timeout) + EXECUTION_MARGIN_S)
+        return httpx.Timeout(read, connect=min(self.timeout, 10.0))
+
+    @staticmethod
+    def session_body(memory_mb: int | None, cpus: float | None, timeout_s: float | None) -> dict[str, Any]:
+        return SessionCreate(memory_mb=memory_mb, cpus=cpus, timeout_s=timeout_s).model_dump(exclude_none=True)
+
+    @staticmethod
+    def execute_body(code: str, timeout_s: float | None) -> dict[str, Any]:
+        return ExecuteRequest(code=code, timeout_s=timeout_s).model_dump(exclude_none=True)
+
+    @staticmethod
+    def one_shot_body(code: str, timeout_s: float | None, memory_mb: int | None, cpus: float | None) -> dict[str, Any]:
+        body = OneShotRequest(code=code, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
+        return body.model_dump(exclude_none=True)
+
+    # ------------------------------------------------------------------ parsing
+
+    @staticmethod
+    def check(response: httpx.Response) -> None:
+        """Raise the mapped :class:`APIStatusError` unless the response is a success."""
+        if response.is_success:
+            return
+        code, message = _error_fields(response)
+        raise make_status_error(
+            response.status_code, code, message, retry_after=_retry_after(response.headers.get("retry-after"))
+        )
+
+    @staticmethod
+    def parse(response: httpx.Response, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ExecboxError(f"the server sent a response this SDK cannot read: {exc}") from exc
+
+    @staticmethod
+    def decode_line(line: str) -> ExecutionEvent | None:
+        """One NDJSON line of an execution stream -> event (None for a blank line).
+
+        Raises:
+            APIStatusError: the server ended the stream with an error envelope.
+            StreamError: the line is not valid.
+        """
+        line = line.strip()
+        if not line:
+            return None
+        if line.startswith('{"error"'):
+            try:
+                error = json.loads(line)["error"]
+                raise make_status_error(503, str(error["code"]), str(error["message"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StreamError(f"malformed error line in the execution stream: {line[:200]!r}") from exc
+        try:
+            return parse_event(line)
+        except ValidationError as exc:
+            raise StreamError(f"malformed event in the execution stream: {line[:200]!r}") from exc
+
+    @staticmethod
+    def missing_done() -> StreamError:
+        return StreamError("the execution stream ended without a 'done' event (connection cut or server stopped)")
+
+    # ------------------------------------------------------------------ errors and retries
+
+    @staticmethod
+    def translate(exc: httpx.HTTPError) -> ExecboxError:
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"no answer from the execbox server in time: {exc!r}")
+        return APIConnectionError(f"could not reach the execbox server: {exc!r}")
+
+    def retry_delay(self, attempt: int, error: ExecboxError, *, sent: bool) -> float | None:
+        """Seconds to wait before retrying after ``error``, or None when it must not be retried.
+
+        Retried: connection failures before the request left (``sent`` False), 503
+        ``pool_exhausted`` and 429, honouring Retry-After. Never retried: anything that may
+        have reached the server and run code (read timeouts, resets after sending, 5xx).
+        """
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(error, PoolExhaustedError | RateLimitError):
+            hint = error.retry_after
+            return min(MAX_BACKOFF_S, hint if hint is not None else _backoff(attempt))
+        if isinstance(error, APIConnectionError) and not sent:
+            return _backoff(attempt)
+        return None
+
+    @staticmethod
+    def failure_execution(error: ExecboxError) -> Execution:
+        """An Execution standing for a service failure, for batch helpers that keep errors as data."""
+        return Execution(
+            status=ExecutionStatus.ERROR,
+            error=ExecutionError(name=type(error).__name__, value=str(error)),
+            message=f"the execbox service could not run this code: {error}",
+        )
+
+    @staticmethod
+    def done_execution(event: ExecutionEvent) -> Execution | None:
+        return event.execution if isinstance(event, DoneEvent) else None
+
+
+def is_unsent(exc: httpx.HTTPError) -> bool:
+    """True when httpx failed before any byte of the request reached the server."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _backoff(attempt: int) -> float:
+    return min(MAX_BACKOFF_S, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+        error = body["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        text = response.text[:300] if response.content else response.reason_phrase
+        return "http_error", text or f"HTTP {response.status_code}"
+
