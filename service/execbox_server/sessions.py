@@ -83,6 +83,7 @@ class Session:
             expires_at=self.last_used_at + timedelta(seconds=ttl_s),
             busy=self.busy,
             execution_count=self.executions,
+            sandbox_id=getattr(self.kernel, "short_id", None),
         )
 
 

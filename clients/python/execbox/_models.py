@@ -232,6 +232,9 @@ class SessionInfo(_Model):
     expires_at: datetime = Field(description="When the session expires if it stays idle.")
     busy: bool = False
     execution_count: int = 0
+    sandbox_id: str | None = Field(
+        default=None, description="Short id of the session's current sandbox container (changes on restart)."
+    )
 
 
 class ExecuteRequest(_Request):

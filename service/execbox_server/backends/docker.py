@@ -305,7 +305,10 @@ class DockerBackend:
             "mem_limit": mem,
             "memswap_limit": mem,
             "pids_limit": s.pids_limit,
-            "nano_cpus": int(spec.cpus * 1e9),
+            # Period/quota rather than nano_cpus: only these can be changed on a running
+            # container, which is how a warm kernel gets a session's own CPU limit.
+            "cpu_period": 100_000,
+            "cpu_quota": int(spec.cpus * 100_000),
             "ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
             "ipc_mode": "private",
             "volumes": {str(files.host_dir): {"bind": files.container_dir, "mode": "rw"}},
