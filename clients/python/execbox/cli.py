@@ -1,0 +1,259 @@
+"""The ``execbox`` command.
+
+    execbox serve                     start the service (same settings as `make run`)
+    execbox run FILE|- [--timeout S]  run code once in a fresh sandbox, streaming its output
+    execbox repl                      an interactive, stateful session
+    execbox sessions [list|delete ID] list or delete sessions
+
+Exit codes of ``execbox run``: 0 ok, 1 the code failed (error, out of memory, kernel died,
+...), 2 timeout, 3 the service could not be used (unreachable, refused the request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codeop
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+from execbox._client import Client, Session
+from execbox._exceptions import ExecboxError
+from execbox._models import (
+    DoneEvent,
+    ErrorEvent,
+    Execution,
+    ExecutionError,
+    ExecutionEvent,
+    ExecutionStatus,
+    ResultEvent,
+    StderrEvent,
+    StdoutEvent,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_SERVICE
+    try:
+        code: int = args.func(args)
+        return code
+    except ExecboxError as exc:
+        print(f"execbox: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    except KeyboardInterrupt:
+        print("execbox: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="execbox",
+        description="execbox: a code-execution sandbox for code LLMs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The service URL and key come from --url/--api-key or EXECBOX_URL/EXECBOX_API_KEY.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="service URL (default: $EXECBOX_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="bearer key (default: $EXECBOX_API_KEY)")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start the service", description="Start the execbox service. "
+                           "Settings come from EXECBOX_* variables (see README); host/port flags override them.")
+    serve.add_argument("--host", help="address to listen on (default: $EXECBOX_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $EXECBOX_PORT or 8000)")
+    serve.set_defaults(func=_serve)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a file or stdin once in a fresh sandbox",
+        description="Run a Python file (or - for stdin) once in a fresh sandbox, printing its output as it "
+        "streams. Exit code: 0 ok, 1 the code failed, 2 timeout, 3 the service could not be used.",
+    )
+    run.add_argument("file", help="a Python file, or - to read the code from stdin")
+    run.add_argument("--timeout", type=float, default=None, help="execution timeout in seconds")
+    run.add_argument("--memory-mb", type=int, default=None, help="memory limit of the sandbox, MiB")
+    run.set_defaults(func=_run)
+
+    repl = sub.add_parser(
+        "repl",
+        parents=[common],
+        help="an interactive, stateful session",
+        description="Interactive session against the service: variables persist; Ctrl-C interrupts a running "
+        "cell; Ctrl-D ends the session (and deletes it).",
+    )
+    repl.add_argument("--timeout", type=float, default=None, help="timeout of each cell, seconds")
+    repl.set_defaults(func=_repl)
+
+    sessions = sub.add_parser("sessions", parents=[common], help="list or delete sessions",
+                              description="List sessions (default) or delete some by id.")
+    sessions.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    sessions.add_argument("ids", nargs="*", help="session ids to delete")
+    sessions.set_defaults(func=_sessions)
+
+    return parser
+
+
+def _client(args: argparse.Namespace, **kw: float) -> Client:
+    return Client(args.url, api_key=args.api_key, **kw)
+
+
+# ------------------------------------------------------------------ serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from execbox_server import Settings, serve
+    except ImportError:  # pragma: no cover - the SDK installed without the service
+        print("execbox: the service is not installed here (pip install execbox with its server deps)", file=sys.stderr)
+        return EXIT_SERVICE
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        print(f"execbox: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    serve(settings)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ run
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        code = sys.stdin.read()
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                code = fh.read()
+        except OSError as exc:
+            print(f"execbox: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_SERVICE
+    with _client(args) as client:
+        execution = _print_stream(client.run_stream(code, timeout_s=args.timeout, memory_mb=args.memory_mb))
+    return exit_code(execution)
+
+
+def exit_code(execution: Execution) -> int:
+    if execution.status is ExecutionStatus.OK:
+        return EXIT_OK
+    if execution.status is ExecutionStatus.TIMEOUT:
+        return EXIT_TIMEOUT
+    return EXIT_ERROR
+
+
+def _print_stream(events: Iterator[ExecutionEvent], *, show_result: bool = False) -> Execution:
+    for event in events:
+        if isinstance(event, StdoutEvent):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, StderrEvent):
+            sys.stderr.write(event.text)
+            sys.stderr.flush()
+        elif isinstance(event, ErrorEvent):
+            _print_error(event.error)
+        elif isinstance(event, ResultEvent):
+            text = event.result.text
+            if event.result.is_main_result and show_result and text is not None:
+                print(text)
+            elif not event.result.is_main_result:
+                kinds = ", ".join(k for k in event.result.data if k != "text/plain") or "text/plain"
+                print(f"[display: {kinds}]", file=sys.stderr)
+        elif isinstance(event, DoneEvent):
+            execution = event.execution
+            if execution.status not in (ExecutionStatus.OK, ExecutionStatus.ERROR):
+                note = execution.message or execution.status.value
+                print(f"execbox: {execution.status.value}: {note}", file=sys.stderr)
+            if execution.truncated:
+                print("execbox: output was truncated by the server's caps", file=sys.stderr)
+            return execution
+    raise ExecboxError("the execution stream ended without a result")
+
+
+def _print_error(error: ExecutionError) -> None:
+    if error.traceback:
+        print("\n".join(error.traceback), file=sys.stderr)
+    else:
+        print(f"{error.name}: {error.value}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ repl
+
+
+def _repl(args: argparse.Namespace) -> int:
+    read: Callable[[str], str] = input
+    with _client(args) as client, client.session(timeout_s=args.timeout) as session:
+        print(f"execbox session {session.id} on {client.base_url} (Ctrl-D to quit, Ctrl-C interrupts a cell)")
+        compiler = codeop.CommandCompiler()
+        while True:
+            try:
+                source = _read_cell(read, compiler)
+            except EOFError:
+                print()
+                return EXIT_OK
+            except KeyboardInterrupt:
+                print("\nKeyboardInterrupt")
+                continue
+            if source.strip():
+                _repl_cell(session, source)
+
+
+def _read_cell(read: Callable[[str], str], compiler: codeop.CommandCompiler) -> str:
+    lines = [read(">>> ")]
+    while True:
+        source = "\n".join(lines)
+        try:
+            if compiler(source, "<repl>", "single") is not None:
+                return source
+        except (SyntaxError, ValueError, OverflowError):
+            return source  # let the kernel report it, with IPython's message
+        lines.append(read("... "))
+
+
+def _repl_cell(session: Session, source: str) -> None:
+    try:
+        _print_stream(session.run_stream(source), show_result=True)
+    except KeyboardInterrupt:
+        session.interrupt()
+        print("\nKeyboardInterrupt (sent to the kernel)")
+    except ExecboxError as exc:
+        print(f"execbox: {exc}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "delete":
+            if not args.ids:
+                print("execbox: give the ids of the sessions to delete", file=sys.stderr)
+                return EXIT_SERVICE
+            for session_id in args.ids:
+                client.sessions.delete(session_id)
+                print(f"deleted {session_id}")
+            return EXIT_OK
+        infos = client.sessions.list()
+        if not infos:
+            print("no sessions")
+        for info in infos:
+            state = "busy" if info.busy else "idle"
+            print(
+                f"{info.id}  {state:4}  mem={info.limits.memory_mb}MiB cpus={info.limits.cpus:g} "
+                f"runs={info.execution_count}  expires {info.expires_at:%Y-%m-%d %H:%M:%S}Z"
+            )
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
