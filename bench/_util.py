@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmarks: percentiles and a printed table."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+from datetime import UTC, datetime
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary_ms(values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return f"p50 {pct(ms, 50):8.2f} ms   p90 {pct(ms, 90):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   mean {statistics.mean(ms):8.2f} ms"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import os
+
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, {cpu}"
+
+
+def header(title: str) -> None:
+    print(f"\n=== {title}")
+    print(f"    {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}")
