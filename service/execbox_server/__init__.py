@@ -19,6 +19,9 @@ def serve(settings: Settings | None = None) -> None:
         host=settings.host,
         port=settings.port,
         workers=1,
+        # pyzmq's asyncio integration measured ~1 ms slower per execution under uvloop.
+        loop="asyncio",
+        http="httptools",
         log_level="info",
         timeout_graceful_shutdown=10,
     )

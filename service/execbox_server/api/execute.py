@@ -8,17 +8,17 @@ from fastapi import APIRouter, Response
 
 from execbox._models import Execution, OneShotRequest
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, ndjson_stream
+from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1", tags=["execute"])
 
 
 @router.post("/execute", response_model=Execution, summary="Run code once in a fresh sandbox")
-async def execute(body: OneShotRequest, services: ServicesDep, owner: Owner) -> Execution:
+async def execute(body: OneShotRequest, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
     kernel, limits = await services.sessions.lease_one_shot(body)
-    return await services.sessions.run_one_shot(kernel, limits, body.code)
+    return model_response(await services.sessions.run_one_shot(kernel, limits, body.code))
 
 
 @router.post(

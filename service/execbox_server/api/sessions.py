@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from execbox._models import ExecuteRequest, Execution, SessionCreate, SessionInfo
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, ndjson_stream
+from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -18,8 +18,8 @@ _ERRORS = {
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionInfo, summary="Create a session")
-async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> SessionInfo:
-    return await services.sessions.create(owner, body or SessionCreate())
+async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> Response:
+    return model_response(await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[SessionInfo], summary="List your sessions")
@@ -50,9 +50,9 @@ async def delete_session(session_id: str, services: ServicesDep, owner: Owner) -
     responses={**_ERRORS, 409: {"description": "Another execution is running"}},
     summary="Run code in the session and return the whole Execution",
 )
-async def execute(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Execution:
+async def execute(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
-    return await services.sessions.execute(owner, session_id, body)
+    return model_response(await services.sessions.execute(owner, session_id, body))
 
 
 @router.post(

@@ -6,16 +6,25 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
 from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution, ExecutionEvent
 from execbox_server.errors import ServiceError
 
-__all__ = ["NDJSON", "ndjson_stream"]
+__all__ = ["NDJSON", "model_response", "ndjson_stream"]
 
 log = logging.getLogger("execbox.api")
 
 NDJSON = "application/x-ndjson"
+
+
+def model_response(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialize a model once, in pydantic-core, skipping FastAPI's second validation pass.
+
+    The route still declares ``response_model`` so the OpenAPI document shows the schema.
+    """
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def ndjson_stream(

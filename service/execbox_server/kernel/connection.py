@@ -134,6 +134,27 @@ class KernelConnection:
                 return
         raise KernelNotReady(f"kernel did not answer kernel_info within {timeout:.1f}s")
 
+    async def warm_up(self, code: str, timeout: float) -> None:
+        """Run ``code`` without counting it in the history, and drop its output.
+
+        A fresh IPython pays for its first displayhook and its first traceback (hundreds
+        of ms); doing that before the kernel joins the pool keeps it off user requests.
+        """
+        msg_id = self._send(
+            self._shell,
+            "execute_request",
+            {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+             "allow_stdin": False, "stop_on_error": False},
+        )
+        deadline = time.monotonic() + timeout
+        replied = idle = False
+        while not (replied and idle):
+            event = await self.next_event(msg_id, deadline - time.monotonic())
+            if event is None:
+                raise KernelNotReady(f"kernel did not finish its warm-up within {timeout:.1f}s")
+            replied = replied or isinstance(event, Reply)
+            idle = idle or isinstance(event, Idle)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -172,20 +193,21 @@ class KernelConnection:
         """The next event caused by request ``msg_id``, or None when ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while True:
+            # Take what is already queued without a trip through the poller: most events
+            # of a short cell arrive back to back, and each poll costs a watcher set-up.
+            # IOPub first: in the kernel, output precedes the reply.
+            for sock in (self._iopub, self._shell):
+                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    msg = self._recv(sock)
+                    if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    event = _to_event(msg, from_shell=sock is self._shell)
+                    if event is not None:
+                        return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            events = dict(await self._poller.poll(max(1, int(remaining * 1000))))
-            # IOPub first: output precedes the reply in the kernel, keep that order.
-            for sock in (self._iopub, self._shell):
-                if sock not in events:
-                    continue
-                msg = self._recv(sock)
-                if msg is None or msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                event = _to_event(msg, from_shell=sock is self._shell)
-                if event is not None:
-                    return event
+            await self._poller.poll(max(1, int(remaining * 1000)))
 
     # ------------------------------------------------------------------ internals
 
