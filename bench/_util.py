@@ -17,7 +17,8 @@ def pct(values: list[float], p: float) -> float:
 
 def summary_ms(values: list[float]) -> str:
     ms = [v * 1000 for v in values]
-    return f"p50 {pct(ms, 50):8.2f} ms   p90 {pct(ms, 90):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   mean {statistics.mean(ms):8.2f} ms"
+    p50, p90, p99 = pct(ms, 50), pct(ms, 90), pct(ms, 99)
+    return f"p50 {p50:8.2f} ms   p90 {p90:8.2f} ms   p99 {p99:8.2f} ms   mean {statistics.mean(ms):8.2f} ms"
 
 
 def machine() -> str:

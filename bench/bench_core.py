@@ -24,13 +24,12 @@ import httpx
 import jupyter_client
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import header, pct, summary_ms  # noqa: E402
-
-from execbox import Client  # noqa: E402
-from execbox_server.backends.base import SandboxSpec  # noqa: E402
-from execbox_server.backends.docker import DockerBackend  # noqa: E402
-from execbox_server.settings import Settings  # noqa: E402
-from execbox_server.testing import local_server  # noqa: E402
+from _util import header, pct, summary_ms
+from execbox import Client
+from execbox_server.backends.base import SandboxSpec
+from execbox_server.backends.docker import DockerBackend
+from execbox_server.settings import Settings
+from execbox_server.testing import local_server
 
 WARM_N = int(os.environ.get("BENCH_WARM_N", "30"))
 COLD_N = int(os.environ.get("BENCH_COLD_N", "8"))
@@ -100,15 +99,47 @@ def bench_raw_rtt(image: str) -> list[float]:
     d = Path(tempfile.mkdtemp(prefix="xr", dir="/tmp"))
     os.chown(d, 1000, 1000)
     key = secrets.token_hex(16)
-    info = {"transport": "ipc", "ip": "/kernel/k", "key": key, "signature_scheme": "hmac-sha256",
-            "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+    info = {
+        "transport": "ipc",
+        "ip": "/kernel/k",
+        "key": key,
+        "signature_scheme": "hmac-sha256",
+        "shell_port": 1,
+        "iopub_port": 2,
+        "stdin_port": 3,
+        "control_port": 4,
+        "hb_port": 5,
+    }
     (d / "connection.json").write_text(json.dumps(info))
     name = f"execbox-bench-raw-{secrets.token_hex(4)}"
     subprocess.run(
-        ["docker", "run", "-d", "--rm", "--name", name, "--init", "--network", "none", "--user", "1000:1000",
-         "--read-only", "--tmpfs", "/tmp:uid=1000,gid=1000", "--tmpfs", "/home/sandbox:uid=1000,gid=1000",
-         "--cpus", "1", "--memory", "512m", "-v", f"{d}:/kernel", image],
-        check=True, capture_output=True,
+        [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            name,
+            "--init",
+            "--network",
+            "none",
+            "--user",
+            "1000:1000",
+            "--read-only",
+            "--tmpfs",
+            "/tmp:uid=1000,gid=1000",
+            "--tmpfs",
+            "/home/sandbox:uid=1000,gid=1000",
+            "--cpus",
+            "1",
+            "--memory",
+            "512m",
+            "-v",
+            f"{d}:/kernel",
+            image,
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         kc = jupyter_client.BlockingKernelClient()

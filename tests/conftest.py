@@ -15,6 +15,7 @@ import pytest
 
 from execbox_server.testing import LocalServer, start_server
 
+
 def docker_ok() -> bool:
     try:
         import docker
@@ -52,15 +53,16 @@ SERVER_SETTINGS = {
     "max_total": "12",
     "max_starting": "2",
     "interrupt_grace_s": "1.5",
-    "acquire_timeout_s": "30",
 }
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     if not docker_ok():
-        pytest.fail("integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)")
-    srv = start_server(tmp_path_factory.mktemp("server") / "main.log", **SERVER_SETTINGS)
+        pytest.fail(
+            "integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)"
+        )
+    srv = start_server(tmp_path_factory.mktemp("server") / "main.log", SERVER_SETTINGS)
     instance = instance_of(srv)
     yield srv
     code = srv.stop()

@@ -26,7 +26,7 @@ def _seed_matplotlib_cache() -> None:
 
 
 def _preimport() -> None:
-    names = os.environ.get("EXECBOX_PREIMPORT", "numpy,pandas,matplotlib").split(",")
+    names = os.environ.get("EXECBOX_PREIMPORT", "numpy,matplotlib").split(",")
     for name in filter(None, (n.strip() for n in names)):
         try:
             importlib.import_module(name)
@@ -34,8 +34,117 @@ def _preimport() -> None:
             pass
 
 
+def _valid_text(text: str) -> str:
+    # A lone surrogate makes the message unserializable and ipykernel would drop it whole.
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _cut(text: str, limit: int) -> tuple[str, int]:
+    """Head and tail of ``text`` within ``limit`` characters, and how many were cut."""
+    if len(text) <= limit:
+        return text, 0
+    half = limit // 2
+    dropped = len(text) - 2 * half
+    return f"{text[:half]}\n[... {dropped} characters truncated in the sandbox ...]\n{text[-half:]}", dropped
+
+
+def _cap_content(msg_type: str, content: dict, limit: int) -> dict:  # type: ignore[type-arg]
+    """Bound one outgoing message. The server caps again; this keeps huge messages off the wire.
+
+    What is cut is recorded under ``execbox_dropped`` (bytes or characters) so the server can
+    report it exactly.
+    """
+    if msg_type == "stream":
+        text, dropped = _cut(_valid_text(str(content.get("text", ""))), limit)
+        out = {**content, "text": text}
+        if dropped:
+            out["execbox_dropped"] = dropped
+        return out
+    if msg_type in ("display_data", "execute_result", "update_display_data"):
+        data = content.get("data") or {}
+        kept: dict = {}  # type: ignore[type-arg]
+        dropped = 0
+        budget = limit
+        for mime, value in data.items():
+            if isinstance(value, str):
+                value = _valid_text(value)
+                size = len(value)
+                if size > budget and mime.startswith("text/") and budget >= 64:
+                    value, cut = _cut(value, max(budget, 0))
+                    dropped += cut
+                    size = len(value)
+                elif size > budget:
+                    dropped += size
+                    continue
+            else:
+                size = len(repr(value))
+                if size > budget:
+                    dropped += size
+                    continue
+            kept[mime] = value
+            budget -= size
+        out = {**content, "data": kept}
+        if dropped:
+            out["execbox_dropped"] = dropped
+        return out
+    if msg_type in ("error", "execute_reply") and "traceback" in content:
+        lines = [_cut(_valid_text(str(line)), 4096)[0] for line in content.get("traceback") or []]
+        if len(lines) > 200:
+            lines = [*lines[:100], f"[... {len(lines) - 200} traceback entries truncated in the sandbox ...]", *lines[-100:]]
+        evalue = _cut(_valid_text(str(content.get("evalue", ""))), 4096)[0]
+        return {**content, "traceback": lines, "evalue": evalue}
+    return content
+
+
+def _install_output_caps() -> None:
+    limit = int(os.environ.get("EXECBOX_MAX_MESSAGE_CHARS", "0") or 0)
+    if limit <= 0:
+        return
+    from jupyter_client.session import Session
+
+    original = Session.send
+
+    def send(self, stream, msg_or_type, content=None, parent=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            if isinstance(msg_or_type, dict):
+                msg_or_type = {
+                    **msg_or_type,
+                    "content": _cap_content(msg_or_type.get("msg_type", ""), msg_or_type.get("content") or {}, limit),
+                }
+            elif isinstance(content, dict):
+                content = _cap_content(msg_or_type, content, limit)
+        except Exception:  # capping must never lose the message itself
+            pass
+        return original(self, stream, msg_or_type, content, parent, *args, **kwargs)
+
+    Session.send = send  # type: ignore[method-assign]
+
+
+SANDBOX_UID = 1000
+
+
+def _drop_privileges() -> None:
+    # The service starts the container as root with only CAP_SETUID/CAP_SETGID, so that the
+    # init (PID 1) belongs to root: the sandbox user cannot write to its stdout through
+    # /proc/1/fd/1 (a flood into the engine's log pipe) nor signal it. The kernel gives up
+    # root here, before anything else runs; setuid from 0 clears every capability it held.
+    if os.getuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(SANDBOX_UID)
+    os.setuid(SANDBOX_UID)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise SystemExit("execbox kernel: could not drop root")
+
+
 def main() -> None:
+    _drop_privileges()
     _seed_matplotlib_cache()
+    _install_output_caps()
     _preimport()
     from ipykernel import kernelapp
 

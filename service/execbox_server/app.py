@@ -48,7 +48,10 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
         pool.start()
         manager.start()
         if not settings.api_keys:
-            log.warning("no EXECBOX_API_KEYS set: authentication is off, listening on loopback only (%s)", settings.host)
+            log.warning(
+                "no EXECBOX_API_KEYS set: authentication is off, listening on loopback only (%s)",
+                settings.host,
+            )
         log.info("execbox instance %s serving image %s", docker_backend.instance_id, settings.image)
         try:
             yield

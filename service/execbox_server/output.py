@@ -33,7 +33,7 @@ class HeadTail:
 
     def add(self, text: str) -> str:
         """Feed a chunk; return the part of it that went into the head (what may be streamed on)."""
-        data = text.encode("utf-8", "surrogateescape")
+        data = text.encode("utf-8", "replace")
         self.total += len(data)
         room = max(0, self._head_limit - len(self._head))
         kept, rest = data[:room], data[room:]

@@ -151,7 +151,8 @@ class KernelPool(Generic[K]):
             raise PoolExhausted(
                 f"no sandbox became free within {timeout:.1f}s "
                 f"({len(self._leased)} in use, at most {self._max_total}); retry later",
-                retry_after=max(1.0, min(timeout, 5.0)),
+                # Sooner when kernels are already on their way.
+                retry_after=1.0 if self._starting else 2.0,
             ) from None
 
     async def release(self, kernel: K) -> None:
@@ -236,7 +237,12 @@ class KernelPool(Generic[K]):
             )
             backoff = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2 ** (self._failures_in_a_row - 1))
             self._retry_at = time.monotonic() + backoff
-            log.warning("sandbox start failed (%d in a row), retrying in %.1fs: %s", self._failures_in_a_row, backoff, exc)
+            log.warning(
+                "sandbox start failed (%d in a row), retrying in %.1fs: %s",
+                self._failures_in_a_row,
+                backoff,
+                exc,
+            )
             self._fill()
             return
         self._starting -= 1

@@ -130,7 +130,7 @@ class SessionManager:
         """
         if self._closed:
             raise PoolClosed("the service is shutting down")
-        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s)
+        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s, request.max_output_bytes)
         if len(self._sessions) >= self._settings.max_sessions:
             raise SessionLimitReached(
                 f"the server holds its maximum of {self._settings.max_sessions} sessions; delete one first",
@@ -205,7 +205,7 @@ class SessionManager:
                 outcome = await self._executor.run(
                     session.kernel,
                     request.code,
-                    self._exec_limits(timeout),
+                    self._exec_limits(timeout, session.limits.max_output_bytes),
                     on_event=on_event,
                     interrupted=session.interrupt,
                 )
@@ -256,7 +256,7 @@ class SessionManager:
         """
         if self._closed:
             raise PoolClosed("the service is shutting down")
-        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s)
+        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s, request.max_output_bytes)
         return await self._lease(limits), limits
 
     async def run_one_shot(
@@ -271,7 +271,11 @@ class SessionManager:
         """Run code on a kernel from :meth:`lease_one_shot`, then destroy the kernel."""
         try:
             outcome = await self._executor.run(
-                kernel, code, self._exec_limits(limits.timeout_s), on_event=on_event, interrupted=interrupted
+                kernel,
+                code,
+                self._exec_limits(limits.timeout_s, limits.max_output_bytes),
+                on_event=on_event,
+                interrupted=interrupted,
             )
             return outcome.execution
         finally:
@@ -279,14 +283,30 @@ class SessionManager:
 
     # ------------------------------------------------------------------ internals
 
-    def _limits(self, memory_mb: int | None, cpus: float | None, timeout_s: float | None) -> SessionLimits:
+    def _limits(
+        self,
+        memory_mb: int | None,
+        cpus: float | None,
+        timeout_s: float | None,
+        max_output_bytes: int | None = None,
+    ) -> SessionLimits:
         s = self._settings
         if memory_mb is not None and memory_mb > s.max_memory_mb:
             raise InvalidLimits(f"memory_mb={memory_mb} is above this server's maximum of {s.max_memory_mb}")
         if cpus is not None and cpus > s.max_cpus:
             raise InvalidLimits(f"cpus={cpus} is above this server's maximum of {s.max_cpus}")
         timeout = self._timeout(timeout_s, s.default_timeout_s)
-        return SessionLimits(memory_mb=memory_mb or s.memory_mb, cpus=cpus or s.cpus, timeout_s=timeout)
+        if max_output_bytes is not None and max_output_bytes > s.max_output_bytes_limit:
+            raise InvalidLimits(
+                f"max_output_bytes={max_output_bytes} is above this server's maximum "
+                f"of {s.max_output_bytes_limit}"
+            )
+        return SessionLimits(
+            memory_mb=memory_mb or s.memory_mb,
+            cpus=cpus or s.cpus,
+            timeout_s=timeout,
+            max_output_bytes=max_output_bytes or s.max_output_bytes,
+        )
 
     def _timeout(self, requested: float | None, default: float) -> float:
         if requested is not None and requested > self._settings.max_timeout_s:
@@ -295,14 +315,14 @@ class SessionManager:
             )
         return requested or default
 
-    def _exec_limits(self, timeout: float) -> ExecLimits:
+    def _exec_limits(self, timeout: float, max_output_bytes: int) -> ExecLimits:
         s = self._settings
         return ExecLimits(
             timeout_s=timeout,
             interrupt_grace_s=s.interrupt_grace_s,
-            max_output_bytes=s.max_output_bytes,
+            max_output_bytes=max_output_bytes,
             max_results=s.max_results,
-            max_result_bytes=s.max_result_bytes,
+            max_output_messages=s.max_output_messages,
         )
 
     async def _lease(self, limits: SessionLimits) -> Any:
@@ -337,5 +357,9 @@ class SessionManager:
             for session in list(self._sessions.values()):
                 if session.last_used < cutoff and not session.busy:
                     self._sessions.pop(session.id, None)
-                    log.info("session expired id=%s idle_for=%.0fs", session.id, time.monotonic() - session.last_used)
+                    log.info(
+                        "session expired id=%s idle_for=%.0fs",
+                        session.id,
+                        time.monotonic() - session.last_used,
+                    )
                     await self._destroy(session)

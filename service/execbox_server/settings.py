@@ -32,30 +32,51 @@ class Settings(BaseSettings):
 
     # --- sandbox
     image: str = Field("execbox-sandbox-python:latest", description="Sandbox image.")
-    docker_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket.")
+    docker_url: str | None = Field(
+        None, description="Docker engine URL; default: DOCKER_HOST or the local socket."
+    )
     state_dir: Path = Field(Path("/run/execbox"), description="Where per-kernel IPC socket dirs live.")
-    memory_mb: int = Field(512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap).")
+    memory_mb: int = Field(
+        512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap)."
+    )
     max_memory_mb: int = Field(4096, ge=64, description="Largest memory limit a session may ask for.")
     cpus: float = Field(1.0, gt=0, description="Default CPU quota of a sandbox, in cores.")
     max_cpus: float = Field(2.0, gt=0, description="Largest CPU quota a session may ask for.")
-    pids_limit: int = Field(256, ge=16, description="Process/thread limit of a sandbox.")
-    tmpfs_mb: int = Field(256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp).")
-    preimport: str = Field("numpy,pandas,matplotlib", description="Modules warm kernels import in advance.")
+    # 224: room for a few hundred short-lived children, yet a fork bomb of sleeping kernel
+    # copies (~2 MiB each) hits this limit before a 512 MiB sandbox runs out of memory.
+    pids_limit: int = Field(224, ge=16, description="Process/thread limit of a sandbox.")
+    tmpfs_mb: int = Field(
+        256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp)."
+    )
+    preimport: str = Field("numpy,matplotlib", description="Modules warm kernels import in advance.")
 
     # --- pool
     min_ready: int = Field(2, ge=0, description="Warm kernels kept ready.")
     max_total: int = Field(16, ge=1, description="Most kernels alive at once (ready + starting + leased).")
     max_starting: int = Field(2, ge=1, description="Most kernels starting at once.")
-    acquire_timeout_s: float = Field(10.0, ge=0, description="How long a request waits for a free kernel.")
+    acquire_timeout_s: float = Field(4.0, ge=0, description="How long a request waits for a free kernel.")
     kernel_start_timeout_s: float = Field(30.0, gt=0)
 
     # --- executions
     default_timeout_s: float = Field(30.0, gt=0, description="Execution timeout when a request gives none.")
     max_timeout_s: float = Field(300.0, gt=0, description="Largest execution timeout a request may ask for.")
-    interrupt_grace_s: float = Field(2.0, ge=0, description="Wait after an interrupt before the kernel is killed.")
-    max_output_bytes: int = Field(1_000_000, ge=1024, description="stdout+stderr kept per execution (head and tail).")
+    interrupt_grace_s: float = Field(
+        2.0, ge=0, description="Wait after an interrupt before the kernel is killed."
+    )
+    max_output_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Output kept per execution by default: stdout, stderr and results together.",
+    )
+    max_output_bytes_limit: int = Field(
+        16_777_216, ge=1024, description="Largest output budget a session or request may ask for."
+    )
+    max_output_messages: int = Field(
+        20_000,
+        ge=100,
+        description="Output messages after which an execution is stopped (status output_limit).",
+    )
     max_results: int = Field(50, ge=1, description="Rich results kept per execution.")
-    max_result_bytes: int = Field(10_000_000, ge=1024, description="Largest single rich result kept.")
     max_code_bytes: int = Field(1_000_000, ge=1, description="Largest code accepted in a request.")
 
     # --- sessions
@@ -82,6 +103,8 @@ class Settings(BaseSettings):
             raise ValueError("EXECBOX_CPUS must not exceed EXECBOX_MAX_CPUS")
         if self.default_timeout_s > self.max_timeout_s:
             raise ValueError("EXECBOX_DEFAULT_TIMEOUT_S must not exceed EXECBOX_MAX_TIMEOUT_S")
+        if self.max_output_bytes > self.max_output_bytes_limit:
+            raise ValueError("EXECBOX_MAX_OUTPUT_BYTES must not exceed EXECBOX_MAX_OUTPUT_BYTES_LIMIT")
         if self.min_ready > self.max_total:
             raise ValueError("EXECBOX_MIN_READY must not exceed EXECBOX_MAX_TOTAL")
         if not self.api_keys and not _is_loopback(self.host):

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +61,11 @@ class LocalServer:
         raise RuntimeError(f"execbox server never became ready:\n{self.log.read_text()[-3000:]}")
 
 
-def start_server(log: Path, *, wait: bool = True, **settings: str) -> LocalServer:
-    """Start ``python -m execbox_server`` with ``EXECBOX_*`` settings given as keyword arguments."""
+def start_server(log: Path, settings: Mapping[str, str] | None = None, *, wait: bool = True) -> LocalServer:
+    """Start ``python -m execbox_server``; ``settings`` are ``EXECBOX_*`` values without the prefix."""
     port = free_port()
     env = {**os.environ, "EXECBOX_HOST": "127.0.0.1", "EXECBOX_PORT": str(port)}
-    env.update({f"EXECBOX_{k.upper()}": str(v) for k, v in settings.items()})
+    env.update({f"EXECBOX_{k.upper()}": str(v) for k, v in (settings or {}).items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "execbox_server"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
@@ -81,7 +81,7 @@ def start_server(log: Path, *, wait: bool = True, **settings: str) -> LocalServe
 
 @contextmanager
 def local_server(log: Path, **settings: str) -> Iterator[LocalServer]:
-    server = start_server(log, **settings)
+    server = start_server(log, settings)
     try:
         yield server
     finally:

@@ -43,7 +43,16 @@ def test_openapi_document_is_served_with_the_execution_schema(http: httpx.Client
     doc = http.get("/openapi.json").json()
     assert "/v1/sessions/{session_id}/execute" in doc["paths"]
     props = doc["components"]["schemas"]["Execution"]["properties"]
-    assert {"status", "stdout", "stderr", "error", "results", "execution_count", "duration_ms", "truncated"} <= set(props)
+    assert {
+        "status",
+        "stdout",
+        "stderr",
+        "error",
+        "results",
+        "execution_count",
+        "duration_ms",
+        "truncated",
+    } <= set(props)
     assert http.get("/docs").status_code == 200
 
 
@@ -52,7 +61,7 @@ def test_session_info_carries_limits_and_times(http: httpx.Client) -> None:
     assert r.status_code == 201
     info = r.json()
     try:
-        assert info["limits"] == {"memory_mb": 300, "cpus": 0.5, "timeout_s": 7.0}
+        assert info["limits"] == {"memory_mb": 300, "cpus": 0.5, "timeout_s": 7.0, "max_output_bytes": 1_048_576}
         assert info["created_at"] <= info["expires_at"]
         assert http.get(f"/v1/sessions/{info['id']}").json()["id"] == info["id"]
         assert info["id"] in [s["id"] for s in http.get("/v1/sessions").json()]
@@ -93,7 +102,12 @@ def test_stderr_is_separate_from_stdout(http: httpx.Client, session_id: str) -> 
 def test_timeout_interrupts_then_the_session_is_usable(http: httpx.Client, session_id: str) -> None:
     run(http, session_id, "y = 'kept'")
     t0 = time.monotonic()
-    ex = run(http, session_id, "import time\nprint('start', flush=True)\nwhile True: time.sleep(0.01)", timeout_s=1.5)
+    ex = run(
+        http,
+        session_id,
+        "import time\nprint('start', flush=True)\nwhile True: time.sleep(0.01)",
+        timeout_s=1.5,
+    )
     assert time.monotonic() - t0 < 1.5 + 5
     assert ex["status"] == "timeout"
     assert ex["stdout"] == "start\n"
@@ -101,7 +115,9 @@ def test_timeout_interrupts_then_the_session_is_usable(http: httpx.Client, sessi
     assert run(http, session_id, "print(y)")["stdout"] == "kept\n"
 
 
-def test_a_kernel_that_ignores_interrupts_is_replaced_and_says_state_lost(http: httpx.Client, session_id: str) -> None:
+def test_a_kernel_that_ignores_interrupts_is_replaced_and_says_state_lost(
+    http: httpx.Client, session_id: str
+) -> None:
     run(http, session_id, "z = 1")
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.01)"
     t0 = time.monotonic()
@@ -113,7 +129,11 @@ def test_a_kernel_that_ignores_interrupts_is_replaced_and_says_state_lost(http: 
 
 
 def test_matplotlib_plot_comes_back_as_png(http: httpx.Client, session_id: str) -> None:
-    ex = run(http, session_id, "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.title('squares')\nplt.show()")
+    ex = run(
+        http,
+        session_id,
+        "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.title('squares')\nplt.show()",
+    )
     assert ex["status"] == "ok", ex
     pngs = [r["data"]["image/png"] for r in ex["results"] if "image/png" in r["data"]]
     assert len(pngs) == 1
@@ -121,7 +141,11 @@ def test_matplotlib_plot_comes_back_as_png(http: httpx.Client, session_id: str) 
 
 
 def test_common_libraries_are_importable(http: httpx.Client, session_id: str) -> None:
-    ex = run(http, session_id, "import numpy, pandas, scipy, sympy, matplotlib\nprint(pandas.DataFrame({'a': [1, 2]}).a.sum())")
+    ex = run(
+        http,
+        session_id,
+        "import numpy, pandas, scipy, sympy, matplotlib\nprint(pandas.DataFrame({'a': [1, 2]}).a.sum())",
+    )
     assert ex["status"] == "ok" and ex["stdout"] == "3\n"
 
 
@@ -165,7 +189,11 @@ def test_one_shot_stream(http: httpx.Client) -> None:
 
 
 def test_unknown_session_is_404_with_envelope(http: httpx.Client) -> None:
-    for method, path in [("GET", "/v1/sessions/nope"), ("DELETE", "/v1/sessions/nope"), ("POST", "/v1/sessions/nope/interrupt")]:
+    for method, path in [
+        ("GET", "/v1/sessions/nope"),
+        ("DELETE", "/v1/sessions/nope"),
+        ("POST", "/v1/sessions/nope/interrupt"),
+    ]:
         r = http.request(method, path)
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "session_not_found"
@@ -196,7 +224,9 @@ def test_interrupt_stops_a_running_execution(http: httpx.Client, url: str, sessi
 
     def long() -> None:
         with httpx.Client(base_url=url, timeout=60) as other:
-            result.update(other.post(f"/v1/sessions/{session_id}/execute", json={"code": "while True: pass"}).json())
+            result.update(
+                other.post(f"/v1/sessions/{session_id}/execute", json={"code": "while True: pass"}).json()
+            )
 
     thread = threading.Thread(target=long)
     thread.start()
@@ -224,7 +254,9 @@ def test_restart_gives_a_fresh_kernel(http: httpx.Client, session_id: str) -> No
         ("/v1/execute", {"code": 5}, "code"),
     ],
 )
-def test_invalid_requests_are_422_naming_the_field(http: httpx.Client, path: str, body: dict, field: str) -> None:
+def test_invalid_requests_are_422_naming_the_field(
+    http: httpx.Client, path: str, body: dict, field: str
+) -> None:
     r = http.post(path, json=body)
     assert r.status_code == 422
     err = r.json()["error"]
@@ -259,7 +291,7 @@ def test_container_is_locked_down(http: httpx.Client) -> None:
     try:
         host = docker.from_env().api.inspect_container(info["sandbox_id"])["HostConfig"]
         assert host["NetworkMode"] == "none"
-        assert host["CapDrop"] == ["ALL"]
+        assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
         assert host["ReadonlyRootfs"] is True
         assert "no-new-privileges" in host["SecurityOpt"]
         assert host["PidsLimit"] > 0 and host["CpuQuota"] > 0
@@ -270,8 +302,17 @@ def test_container_is_locked_down(http: httpx.Client) -> None:
             info["id"],
             "import os, socket\nprint(os.getuid())\n"
             "try:\n    open('/etc/evil', 'w')\nexcept OSError as e:\n    print('ro', e.errno)\n"
-            "print(sorted(n for _, n in socket.if_nameindex()))",
+            "print(sorted(n for _, n in socket.if_nameindex()))\n"
+            "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+            "print(status['CapEff'].strip(), status['CapPrm'].strip(), status['NoNewPrivs'].strip())\n"
+            "try:\n    open('/proc/1/fd/1', 'w')\nexcept OSError as e:\n    print('init stdout', e.errno)",
         )
-        assert ex["stdout"].splitlines() == ["1000", "ro 30", "['lo']"]
+        assert ex["stdout"].splitlines() == [
+            "1000",
+            "ro 30",
+            "['lo']",
+            "0000000000000000 0000000000000000 1",
+            "init stdout 13",
+        ], ex
     finally:
         http.delete(f"/v1/sessions/{info['id']}")

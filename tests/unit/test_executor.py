@@ -17,7 +17,7 @@ from execbox_server.kernel.events import Idle, KernelEvent, Reply, Stream
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "recorded_messages.json").read_text())
 
-LIMITS = ExecLimits(timeout_s=2.0, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10, max_result_bytes=10_000)
+LIMITS = ExecLimits(timeout_s=2.0, interrupt_grace_s=0.2, max_output_bytes=4000, max_results=10)
 
 
 class FakeConn:
@@ -34,7 +34,10 @@ class FakeConn:
     def interrupt(self) -> None:
         self.interrupts += 1
         if self.obeys_interrupt:
-            self.script = [(0.0, Reply(status="error", execution_count=1, ename="KeyboardInterrupt", evalue="")), (0.0, Idle())]
+            self.script = [
+                (0.0, Reply(status="error", execution_count=1, ename="KeyboardInterrupt", evalue="")),
+                (0.0, Idle()),
+            ]
 
     async def next_event(self, msg_id: str, timeout: float) -> KernelEvent | None:
         if not self.script:
@@ -76,6 +79,9 @@ class FakeControl:
     def reset_peak_memory(self, kernel: Any) -> None:
         pass
 
+    async def sweep_processes(self, kernel: Any) -> None:
+        self.swept = True
+
 
 def replay(index: int) -> list[tuple[float, KernelEvent]]:
     rec = RECORDED[index]
@@ -111,7 +117,11 @@ async def test_recorded_error_has_name_value_and_ansi_free_traceback() -> None:
 
 async def test_output_of_other_requests_is_ignored_by_parent_id() -> None:
     msgs = [
-        {"msg_type": "stream", "parent_header": {"msg_id": "other"}, "content": {"name": "stdout", "text": "x"}},
+        {
+            "msg_type": "stream",
+            "parent_header": {"msg_id": "other"},
+            "content": {"name": "stdout", "text": "x"},
+        },
     ]
     # _to_event itself does not filter; next_event does, by msg_id. Here: unknown types are dropped.
     assert _to_event({"msg_type": "comm_open", "parent_header": {}, "content": {}}, from_shell=False) is None
@@ -128,15 +138,16 @@ async def test_stream_events_are_forwarded_in_order_and_capped() -> None:
     script: list[tuple[float, KernelEvent]] = [(0.0, Stream("stdout", "a" * 400)) for _ in range(10)]
     script += [(0.0, Idle()), (0.0, Reply(status="ok", execution_count=3))]
     ex = (await run(FakeConn(script), on_event=on_event)).execution
-    assert ex.truncated and ex.truncation.stdout_bytes == 4000 - 1000
-    assert "[... 3000 bytes truncated ...]" in ex.stdout
-    assert ex.stdout.startswith("a" * 500) and ex.stdout.endswith("a" * 500)
-    assert sum(len(t) for t in seen) == 500  # only the kept head is streamed
+    # stdout keeps half of the 4000-byte budget: 1000 bytes of head, 1000 of tail.
+    assert ex.truncated and ex.truncation.stdout_bytes == 4000 - 2000
+    assert "[... 2000 bytes truncated ...]" in ex.stdout
+    assert ex.stdout.startswith("a" * 1000) and ex.stdout.endswith("a" * 1000)
+    assert sum(len(t) for t in seen) == 1000  # only the kept head is streamed
 
 
 async def test_timeout_interrupts_and_keeps_state_when_the_kernel_obeys() -> None:
     conn = FakeConn([(10.0, Idle())])
-    limits = ExecLimits(timeout_s=0.3, interrupt_grace_s=0.5, max_output_bytes=1000, max_results=10, max_result_bytes=10)
+    limits = ExecLimits(timeout_s=0.3, interrupt_grace_s=0.5, max_output_bytes=1000, max_results=10)
     outcome = await run(conn, limits=limits)
     ex = outcome.execution
     assert ex.status is ExecutionStatus.TIMEOUT and outcome.kernel_usable
@@ -147,7 +158,7 @@ async def test_timeout_interrupts_and_keeps_state_when_the_kernel_obeys() -> Non
 async def test_timeout_escalates_to_kill_when_interrupts_are_ignored() -> None:
     conn = FakeConn([(10.0, Idle())], obeys_interrupt=False)
     control = FakeControl()
-    limits = ExecLimits(timeout_s=0.2, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10, max_result_bytes=10)
+    limits = ExecLimits(timeout_s=0.2, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     outcome = await run(conn, control, limits=limits)
@@ -170,7 +181,7 @@ async def test_a_dead_sandbox_is_reported_with_its_cause_before_the_deadline(
     sandbox: SandboxStatus, expected: ExecutionStatus
 ) -> None:
     conn = FakeConn([(0.0, Stream("stdout", "partial\n"))])
-    limits = ExecLimits(timeout_s=30, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10, max_result_bytes=10)
+    limits = ExecLimits(timeout_s=30, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10)
     outcome = await run(conn, FakeControl(sandbox), limits=limits)
     ex = outcome.execution
     assert ex.status is expected and ex.state_lost and not outcome.kernel_usable

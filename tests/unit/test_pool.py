@@ -60,7 +60,9 @@ async def wait_for(predicate, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def make_pool(backend: FakeBackend, *, min_ready: int = 2, max_total: int = 4, max_starting: int = 2) -> KernelPool[FakeKernel]:
+def make_pool(
+    backend: FakeBackend, *, min_ready: int = 2, max_total: int = 4, max_starting: int = 2
+) -> KernelPool[FakeKernel]:
     return KernelPool(backend, spec=SPEC, min_ready=min_ready, max_total=max_total, max_starting=max_starting)
 
 

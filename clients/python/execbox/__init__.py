@@ -1,10 +1,10 @@
 """execbox: the Python SDK of the execbox code-execution sandbox.
 
-    from execbox import Client
+from execbox import Client
 
-    with Client() as client, client.session() as s:
-        s.run("x = 21")
-        print(s.run("x * 2").text)   # '42'
+with Client() as client, client.session() as s:
+    s.run("x = 21")
+    print(s.run("x * 2").text)   # '42'
 """
 
 from execbox._client import AsyncClient, AsyncSession, AsyncSessions, Client, Session, Sessions

@@ -115,14 +115,18 @@ class ClientConfig:
 
     @staticmethod
     def session_body(memory_mb: int | None, cpus: float | None, timeout_s: float | None) -> dict[str, Any]:
-        return SessionCreate(memory_mb=memory_mb, cpus=cpus, timeout_s=timeout_s).model_dump(exclude_none=True)
+        return SessionCreate(memory_mb=memory_mb, cpus=cpus, timeout_s=timeout_s).model_dump(
+            exclude_none=True
+        )
 
     @staticmethod
     def execute_body(code: str, timeout_s: float | None) -> dict[str, Any]:
         return ExecuteRequest(code=code, timeout_s=timeout_s).model_dump(exclude_none=True)
 
     @staticmethod
-    def one_shot_body(code: str, timeout_s: float | None, memory_mb: int | None, cpus: float | None) -> dict[str, Any]:
+    def one_shot_body(
+        code: str, timeout_s: float | None, memory_mb: int | None, cpus: float | None
+    ) -> dict[str, Any]:
         body = OneShotRequest(code=code, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
         return body.model_dump(exclude_none=True)
 
@@ -169,7 +173,9 @@ class ClientConfig:
 
     @staticmethod
     def missing_done() -> StreamError:
-        return StreamError("the execution stream ended without a 'done' event (connection cut or server stopped)")
+        return StreamError(
+            "the execution stream ended without a 'done' event (connection cut or server stopped)"
+        )
 
     # ------------------------------------------------------------------ errors and retries
 
@@ -215,7 +221,8 @@ def is_unsent(exc: httpx.HTTPError) -> bool:
 
 
 def _backoff(attempt: int) -> float:
-    return min(MAX_BACKOFF_S, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+    base: float = min(MAX_BACKOFF_S, 0.5 * 2**attempt)
+    return base * (0.5 + random.random() / 2)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -226,7 +233,7 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+        return max(0.0, float(parsedate_to_datetime(value).timestamp()) - time())
     except (TypeError, ValueError):
         return None
 
@@ -239,4 +246,3 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
     except (ValueError, KeyError, TypeError):
         text = response.text[:300] if response.content else response.reason_phrase
         return "http_error", text or f"HTTP {response.status_code}"
-

@@ -105,18 +105,27 @@ class Client:
         callbacks = Callbacks(on_stdout, on_stderr, on_result)
         if callbacks.any:
             return _collect(self._stream("/v1/execute/stream", body, timeout_s), callbacks)
-        response = self._request("POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s))
+        response = self._request(
+            "POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s)
+        )
         return self._cfg.parse(response, Execution)
 
     def run_stream(
-        self, code: str, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
+        self,
+        code: str,
+        *,
+        timeout_s: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
     ) -> Iterator[ExecutionEvent]:
         """Run ``code`` once in a fresh sandbox, yielding events as they arrive; the last is ``done``.
 
         Raises:
             StreamError: the stream ended without ``done``.
         """
-        return self._stream("/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s)
+        return self._stream(
+            "/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s
+        )
 
     def map(
         self,
@@ -166,13 +175,18 @@ class Client:
 
     # ------------------------------------------------------------------ transport
 
-    def _request(self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None
+    ) -> httpx.Response:
         self._check_open()
         attempt = 0
         while True:
             try:
                 response = self._http.request(
-                    method, self._cfg.base_url + path, json=json, headers=self._cfg.headers(),
+                    method,
+                    self._cfg.base_url + path,
+                    json=json,
+                    headers=self._cfg.headers(),
                     timeout=timeout or self._cfg.http_timeout(),
                 )
                 self._cfg.check(response)
@@ -195,7 +209,10 @@ class Client:
         while True:
             try:
                 with self._http.stream(
-                    "POST", self._cfg.base_url + path, json=body, headers=self._cfg.headers(),
+                    "POST",
+                    self._cfg.base_url + path,
+                    json=body,
+                    headers=self._cfg.headers(),
                     timeout=self._cfg.execution_timeout(timeout_s),
                 ) as response:
                     if not response.is_success:
@@ -225,7 +242,9 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ExecboxError("this Client is closed; create a new one (or use it inside 'with Client() as c')")
+            raise ExecboxError(
+                "this Client is closed; create a new one (or use it inside 'with Client() as c')"
+            )
 
 
 class Sessions:
@@ -248,7 +267,9 @@ class Sessions:
 
     def get(self, session_id: str) -> SessionInfo:
         """Raises SessionNotFoundError when there is no such session."""
-        return self._client._cfg.parse(self._client._request("GET", f"/v1/sessions/{session_id}"), SessionInfo)
+        return self._client._cfg.parse(
+            self._client._request("GET", f"/v1/sessions/{session_id}"), SessionInfo
+        )
 
     def delete(self, session_id: str) -> None:
         """Delete a session and its sandbox. Raises SessionNotFoundError when there is none."""
@@ -284,9 +305,14 @@ class Session:
         timeout_s = timeout_s or self.info.limits.timeout_s
         callbacks = Callbacks(on_stdout, on_stderr, on_result)
         if callbacks.any:
-            return _collect(self._client._stream(f"/v1/sessions/{self.id}/execute/stream", body, timeout_s), callbacks)
+            return _collect(
+                self._client._stream(f"/v1/sessions/{self.id}/execute/stream", body, timeout_s), callbacks
+            )
         response = self._client._request(
-            "POST", f"/v1/sessions/{self.id}/execute", json=body, timeout=self._client._cfg.execution_timeout(timeout_s)
+            "POST",
+            f"/v1/sessions/{self.id}/execute",
+            json=body,
+            timeout=self._client._cfg.execution_timeout(timeout_s),
         )
         return self._client._cfg.parse(response, Execution)
 
@@ -363,7 +389,8 @@ class AsyncClient:
     ) -> None:
         self._cfg = ClientConfig(base_url, api_key, timeout, max_retries)
         self._http = http_client or httpx.AsyncClient(
-            timeout=self._cfg.http_timeout(), limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            timeout=self._cfg.http_timeout(),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self._closed = False
         self.sessions = AsyncSessions(self)
@@ -404,10 +431,17 @@ class AsyncClient:
         return self._cfg.parse(response, Execution)
 
     def run_stream(
-        self, code: str, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
+        self,
+        code: str,
+        *,
+        timeout_s: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
     ) -> AsyncIterator[ExecutionEvent]:
         """Run ``code`` once in a fresh sandbox, yielding events (see :meth:`Client.run_stream`)."""
-        return self._stream("/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s)
+        return self._stream(
+            "/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s
+        )
 
     async def map(
         self,
@@ -454,7 +488,10 @@ class AsyncClient:
         while True:
             try:
                 response = await self._http.request(
-                    method, self._cfg.base_url + path, json=json, headers=self._cfg.headers(),
+                    method,
+                    self._cfg.base_url + path,
+                    json=json,
+                    headers=self._cfg.headers(),
                     timeout=timeout or self._cfg.http_timeout(),
                 )
                 self._cfg.check(response)
@@ -477,7 +514,10 @@ class AsyncClient:
         while True:
             try:
                 async with self._http.stream(
-                    "POST", self._cfg.base_url + path, json=body, headers=self._cfg.headers(),
+                    "POST",
+                    self._cfg.base_url + path,
+                    json=body,
+                    headers=self._cfg.headers(),
                     timeout=self._cfg.execution_timeout(timeout_s),
                 ) as response:
                     if not response.is_success:
@@ -507,7 +547,9 @@ class AsyncClient:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ExecboxError("this AsyncClient is closed; create a new one (or use 'async with AsyncClient() as c')")
+            raise ExecboxError(
+                "this AsyncClient is closed; create a new one (or use 'async with AsyncClient() as c')"
+            )
 
 
 class AsyncSessions:
@@ -562,7 +604,10 @@ class AsyncSession:
             stream = self._client._stream(f"/v1/sessions/{self.id}/execute/stream", body, timeout_s)
             return await _acollect(stream, callbacks)
         response = await self._client._request(
-            "POST", f"/v1/sessions/{self.id}/execute", json=body, timeout=self._client._cfg.execution_timeout(timeout_s)
+            "POST",
+            f"/v1/sessions/{self.id}/execute",
+            json=body,
+            timeout=self._client._cfg.execution_timeout(timeout_s),
         )
         return self._client._cfg.parse(response, Execution)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -49,7 +49,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ExecutionStatus(str, Enum):
+class ExecutionStatus(StrEnum):
     """How an execution ended.
 
     - ``ok``: the code ran to the end.
@@ -214,6 +214,9 @@ class SessionLimits(_Model):
     memory_mb: int
     cpus: float
     timeout_s: float = Field(description="Default timeout of an execution in this session.")
+    max_output_bytes: int = Field(
+        default=1_048_576, description="Output kept per execution: stdout, stderr and rich results together."
+    )
 
 
 class SessionCreate(_Request):
@@ -222,6 +225,9 @@ class SessionCreate(_Request):
     memory_mb: int | None = Field(default=None, ge=32, description="Memory limit (memory+swap) in MiB.")
     cpus: float | None = Field(default=None, gt=0, le=64, description="CPU quota in cores.")
     timeout_s: float | None = Field(default=None, gt=0, description="Default execution timeout, seconds.")
+    max_output_bytes: int | None = Field(
+        default=None, ge=1024, description="Output kept per execution (stdout, stderr, results together)."
+    )
 
 
 class SessionInfo(_Model):
@@ -247,6 +253,7 @@ class ExecuteRequest(_Request):
 class OneShotRequest(ExecuteRequest):
     memory_mb: int | None = Field(default=None, ge=32)
     cpus: float | None = Field(default=None, gt=0, le=64)
+    max_output_bytes: int | None = Field(default=None, ge=1024)
 
 
 class ErrorBody(_Model):

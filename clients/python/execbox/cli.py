@@ -62,8 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--api-key", help="bearer key (default: $EXECBOX_API_KEY)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="start the service", description="Start the execbox service. "
-                           "Settings come from EXECBOX_* variables (see README); host/port flags override them.")
+    serve = sub.add_parser(
+        "serve",
+        help="start the service",
+        description="Start the execbox service. "
+        "Settings come from EXECBOX_* variables (see README); host/port flags override them.",
+    )
     serve.add_argument("--host", help="address to listen on (default: $EXECBOX_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: $EXECBOX_PORT or 8000)")
     serve.set_defaults(func=_serve)
@@ -90,8 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     repl.add_argument("--timeout", type=float, default=None, help="timeout of each cell, seconds")
     repl.set_defaults(func=_repl)
 
-    sessions = sub.add_parser("sessions", parents=[common], help="list or delete sessions",
-                              description="List sessions (default) or delete some by id.")
+    sessions = sub.add_parser(
+        "sessions",
+        parents=[common],
+        help="list or delete sessions",
+        description="List sessions (default) or delete some by id.",
+    )
     sessions.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
     sessions.add_argument("ids", nargs="*", help="session ids to delete")
     sessions.set_defaults(func=_sessions)
@@ -99,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(args: argparse.Namespace, **kw: float) -> Client:
-    return Client(args.url, api_key=args.api_key, **kw)
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, api_key=args.api_key)
 
 
 # ------------------------------------------------------------------ serve
@@ -110,7 +118,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from execbox_server import Settings, serve
     except ImportError:  # pragma: no cover - the SDK installed without the service
-        print("execbox: the service is not installed here (pip install execbox with its server deps)", file=sys.stderr)
+        print(
+            "execbox: the service is not installed here (pip install execbox with its server deps)",
+            file=sys.stderr,
+        )
         return EXIT_SERVICE
     overrides: dict[str, object] = {}
     if args.host:

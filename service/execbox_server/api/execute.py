@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from execbox._models import Execution, OneShotRequest
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream
+from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1", tags=["execute"])
 
 
 @router.post("/execute", response_model=Execution, summary="Run code once in a fresh sandbox")
-async def execute(body: OneShotRequest, services: ServicesDep, owner: Owner) -> Response:
+async def execute(body: OneShotRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
     kernel, limits = await services.sessions.lease_one_shot(body)
-    return model_response(await services.sessions.run_one_shot(kernel, limits, body.code))
+    interrupted = asyncio.Event()
+    async with on_client_disconnect(request, interrupted.set):
+        execution = await services.sessions.run_one_shot(kernel, limits, body.code, interrupted=interrupted)
+    return model_response(execution)
 
 
 @router.post(

@@ -30,5 +30,8 @@ async def readyz(services: ServicesDep) -> Any:
             503, "pool_warming", f"the pool has {stats.ready} of {stats.min_ready} warm kernels ready"
         )
     return JSONResponse(
-        {"status": "ready", "pool": {"ready": stats.ready, "starting": stats.starting, "leased": stats.leased}}
+        {
+            "status": "ready",
+            "pool": {"ready": stats.ready, "starting": stats.starting, "leased": stats.leased},
+        }
     )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
 
 from execbox._models import ExecuteRequest, Execution, SessionCreate, SessionInfo
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream
+from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong API key"},
     404: {"description": "No such session (or not yours)"},
 }
@@ -19,7 +21,9 @@ _ERRORS = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionInfo, summary="Create a session")
 async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> Response:
-    return model_response(await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED)
+    return model_response(
+        await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED
+    )
 
 
 @router.get("", response_model=list[SessionInfo], summary="List your sessions")
@@ -50,9 +54,19 @@ async def delete_session(session_id: str, services: ServicesDep, owner: Owner) -
     responses={**_ERRORS, 409: {"description": "Another execution is running"}},
     summary="Run code in the session and return the whole Execution",
 )
-async def execute(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
+async def execute(
+    session_id: str, body: ExecuteRequest, request: Request, services: ServicesDep, owner: Owner
+) -> Response:
     check_code_size(body.code, services.settings)
-    return model_response(await services.sessions.execute(owner, session_id, body))
+    session = services.sessions.reserve(owner, session_id)
+
+    def on_disconnect() -> None:
+        if session.interrupt is not None:
+            session.interrupt.set()
+
+    async with on_client_disconnect(request, on_disconnect):
+        execution = await services.sessions.run_reserved(session, body)
+    return model_response(execution)
 
 
 @router.post(
@@ -65,7 +79,9 @@ async def execute(session_id: str, body: ExecuteRequest, services: ServicesDep, 
     response_class=Response,
     summary="Run code in the session, streaming events as NDJSON",
 )
-async def execute_stream(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
+async def execute_stream(
+    session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner
+) -> Response:
     check_code_size(body.code, services.settings)
     session = services.sessions.reserve(owner, session_id)
 

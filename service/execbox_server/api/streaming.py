@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution, ExecutionEvent
 from execbox_server.errors import ServiceError
 
-__all__ = ["NDJSON", "model_response", "ndjson_stream"]
+__all__ = ["NDJSON", "model_response", "ndjson_stream", "on_client_disconnect"]
 
 log = logging.getLogger("execbox.api")
 
 NDJSON = "application/x-ndjson"
+
+
+@contextlib.asynccontextmanager
+async def on_client_disconnect(request: Request, callback: Callable[[], None]) -> AsyncIterator[None]:
+    """Call ``callback`` if the client goes away while the body of the ``with`` runs.
+
+    The request body is already read, so the next ASGI message can only be the disconnect.
+    An execution whose caller left is interrupted instead of holding the session until
+    its deadline.
+    """
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                callback()
+                return
+
+    task = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def model_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -49,7 +76,9 @@ def ndjson_stream(
             execution = await run(on_event)
             queue.put_nowait(DoneEvent(execution=execution).model_dump_json() + "\n")
         except ServiceError as exc:
-            queue.put_nowait(ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n")
+            queue.put_nowait(
+                ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n"
+            )
         except Exception:
             log.exception("execution stream failed")
             body = ErrorBody(code="internal_error", message="the execution failed inside the service")

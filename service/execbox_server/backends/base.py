@@ -8,7 +8,7 @@ implementation lives in :mod:`execbox_server.backends.docker`; unit tests use fa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 __all__ = [
@@ -27,7 +27,7 @@ class SandboxSpec:
     cpus: float
 
 
-class SandboxStatus(str, Enum):
+class SandboxStatus(StrEnum):
     RUNNING = "running"
     EXITED = "exited"  # the kernel process ended (crash, os._exit)
     OOM_KILLED = "oom_killed"  # the engine's OOM killer ended it

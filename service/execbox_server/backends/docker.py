@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -63,6 +64,37 @@ _WARM_UP = (
     "_ = __ = ___ = ''",
 )
 
+# Run inside the sandbox by sweep_processes. The kernel is the oldest child of the init
+# running execbox_kernel.py (orphaned copies of a forking kernel are re-parented to the init
+# too, but start later); everything else but the init and this script is killed, in a few
+# passes to catch what forks meanwhile.
+_SWEEP = """
+import os, signal
+me = os.getpid()
+def procs():
+    for name in os.listdir('/proc'):
+        if name.isdigit() and int(name) not in (1, me):
+            try:
+                stat = open(f'/proc/{name}/stat').read().rsplit(')', 1)[1].split()
+                cmd = open(f'/proc/{name}/cmdline', 'rb').read()
+            except OSError:
+                continue
+            yield int(name), stat[1], int(stat[19]), cmd
+found = list(procs())
+kernels = sorted((start, pid) for pid, ppid, start, cmd in found
+                 if ppid == '1' and b'execbox_kernel.py' in cmd)
+keep = kernels[0][1] if kernels else None
+for _ in range(3):
+    for pid, _ppid, _start, _cmd in procs():
+        if pid != keep:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+"""
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
@@ -91,6 +123,9 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._lock_fd: int | None = None
         self._kernels_dir = settings.state_dir / self.instance_id
+        # The sandbox cuts its own messages at the output limit (in characters); allow for
+        # JSON escaping and the envelope before ZMQ refuses a message outright.
+        self._max_message_bytes = 6 * settings.max_output_bytes_limit + 1_048_576
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -110,9 +145,11 @@ class DockerBackend:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
         self._client = await self._call(
-            lambda: docker.DockerClient(base_url=self._settings.docker_url or None, timeout=30, max_pool_size=32)
-            if self._settings.docker_url
-            else docker.from_env(timeout=30, max_pool_size=32)
+            lambda: (
+                docker.DockerClient(base_url=self._settings.docker_url or None, timeout=30, max_pool_size=32)
+                if self._settings.docker_url
+                else docker.from_env(timeout=30, max_pool_size=32)
+            )
         )
         await self.ping()
         removed = await self.reap_orphans()
@@ -179,9 +216,11 @@ class DockerBackend:
         container_id: str | None = None
         conn: KernelConnection | None = None
         try:
-            container = await self._call(lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files)))
+            container = await self._call(
+                lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files))
+            )
             container_id = str(container.id)
-            conn = KernelConnection(files, self._zmq)
+            conn = KernelConnection(files, self._zmq, max_message_bytes=self._max_message_bytes)
             kernel = DockerKernel(id=kernel_id, container_id=container_id, files=files, conn=conn, spec=spec)
             await self._wait_ready(kernel)
             for code in _WARM_UP:
@@ -211,10 +250,11 @@ class DockerBackend:
             # Waiting on a kernel that already exited would just burn the deadline.
             state = await self.inspect(kernel)
             if state.status is not SandboxStatus.RUNNING:
-                logs = await self._call(
-                    lambda: self._docker.containers.get(kernel.container_id).logs(tail=5).decode(errors="replace")
+                raise KernelNotReady(
+                    f"kernel container {state.status.value} (exit code {state.exit_code}) "
+                    "before it was ready; "
+                    f"check that {self._settings.image} starts its kernel (make images)"
                 )
-                raise KernelNotReady(f"kernel container {state.status.value} before it was ready: {logs.strip()}")
 
     async def destroy(self, kernel: DockerKernel) -> None:
         if kernel.destroyed:
@@ -270,6 +310,23 @@ class DockerBackend:
         with contextlib.suppress(SandboxGone, docker.errors.APIError):
             await self._call(lambda: self._docker.api.kill(kernel.container_id, signal=sig))
 
+    async def sweep_processes(self, kernel: DockerKernel) -> None:
+        """Kill every process in the sandbox except its init and the kernel itself.
+
+        Used after a timeout or an interrupt that the kernel survived: children that ignore
+        SIGINT (a subprocess, a CPU bomb, a fork bomb's copies) would otherwise live on.
+        """
+        try:
+            await self._call(
+                lambda: self._docker.api.exec_start(
+                    self._docker.api.exec_create(
+                        kernel.container_id, ["/opt/venv/bin/python", "-c", _SWEEP], user=f"{SANDBOX_UID}"
+                    )["Id"]
+                )
+            )
+        except (SandboxGone, EngineUnavailable, docker.errors.APIError) as exc:
+            log.warning("process sweep of sandbox %s failed: %s", kernel.short_id, exc)
+
     # ------------------------------------------------------------------ resource accounting
 
     def usage(self, kernel: DockerKernel) -> Usage:
@@ -311,9 +368,12 @@ class DockerBackend:
             "init": True,
             "name": f"execbox-{self.instance_id}-{kernel_id}",
             "hostname": "sandbox",
-            "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+            # Root only for the init, which then belongs to another user than the code; the
+            # kernel drops to SANDBOX_UID at once (execbox_kernel.py) and keeps no capability.
+            "user": "0:0",
             "network_mode": "none",
             "cap_drop": ["ALL"],
+            "cap_add": ["SETUID", "SETGID", "KILL"],  # KILL: the root init forwards signals to the kernel
             "security_opt": ["no-new-privileges"],
             "read_only": True,
             "tmpfs": {"/home/sandbox": tmpfs_opts, "/tmp": tmpfs_opts},
@@ -326,11 +386,23 @@ class DockerBackend:
             "cpu_quota": int(spec.cpus * 100_000),
             "ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
             "ipc_mode": "private",
+            # Its own cgroup namespace: the sandbox sees "/" instead of the engine's paths.
+            "cgroupns": "private",
+            # Docker lets any user bind ports below 1024 in a container; restore the default.
+            "sysctls": {"net.ipv4.ip_unprivileged_port_start": "1024"},
             "volumes": {str(files.host_dir): {"bind": files.container_dir, "mode": "rw"}},
             "working_dir": "/home/sandbox",
-            "environment": {"EXECBOX_PREIMPORT": s.preimport},
+            "environment": {
+                "EXECBOX_PREIMPORT": s.preimport,
+                # Thread pools sized to the CPU quota, not to the host's cores: threads count
+                # against the pids limit and oversubscription only slows the sandbox down.
+                **{var: str(max(1, math.ceil(spec.cpus))) for var in _THREAD_VARS},
+                "EXECBOX_MAX_MESSAGE_CHARS": str(s.max_output_bytes_limit),
+            },
             "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: self.instance_id, LABEL_KERNEL: kernel_id},
-            "log_config": docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            # The kernel's own stdout is never read, and code can write to it through
+            # /proc/1/fd/1: no log driver, so a flood costs the engine no JSON encoding.
+            "log_config": docker.types.LogConfig(type="none"),
         }
 
     async def _remove_quietly(self, container_id: str | None, files: ConnectionFiles | None) -> None:

@@ -11,13 +11,14 @@ interrupted request or of a background thread never lands in the wrong execution
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -83,7 +84,9 @@ class ConnectionFiles:
 class KernelConnection:
     """Shell, control and IOPub sockets to one kernel, with typed events out."""
 
-    def __init__(self, files: ConnectionFiles, context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, files: ConnectionFiles, context: zmq.asyncio.Context, *, max_message_bytes: int = 0
+    ) -> None:
         self._session = Session(key=files.key.encode(), signature_scheme="hmac-sha256", username="execbox")
         self._shell = context.socket(zmq.DEALER)
         self._control = context.socket(zmq.DEALER)
@@ -92,6 +95,11 @@ class KernelConnection:
             sock.setsockopt(zmq.LINGER, 0)
         # A flood must not grow our memory: bound what ZMQ queues for us.
         self._iopub.setsockopt(zmq.RCVHWM, 10_000)
+        if max_message_bytes > 0:
+            # A message past this is refused by ZMQ itself before it is buffered here
+            # (the sandbox caps its own messages well below; this guards against forgery).
+            for sock in (self._shell, self._iopub):
+                sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self._shell.connect(files.endpoint("shell_port"))
         self._control.connect(files.endpoint("control_port"))
@@ -143,8 +151,14 @@ class KernelConnection:
         msg_id = self._send(
             self._shell,
             "execute_request",
-            {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-             "allow_stdin": False, "stop_on_error": False},
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": False,
+            },
         )
         deadline = time.monotonic() + timeout
         replied = idle = False
@@ -197,7 +211,7 @@ class KernelConnection:
             # of a short cell arrive back to back, and each poll costs a watcher set-up.
             # IOPub first: in the kernel, output precedes the reply.
             for sock in (self._iopub, self._shell):
-                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while _readable(sock):
                     msg = self._recv(sock)
                     if msg is None or msg["parent_header"].get("msg_id") != msg_id:
                         continue
@@ -218,7 +232,7 @@ class KernelConnection:
 
     def _recv(self, sock: zmq.asyncio.Socket) -> dict[str, Any] | None:
         # On an asyncio socket a NOBLOCK receive returns an already-settled future.
-        future = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+        future = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(zmq.NOBLOCK, copy=True))
         if not future.done() or future.exception() is not None:
             if not future.done():
                 future.cancel()
@@ -235,7 +249,7 @@ class KernelConnection:
         """Drop what is still queued from earlier requests (late replies, stray output)."""
         for sock in (self._shell, self._iopub):
             for _ in range(10_000):
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not _readable(sock):
                     break
                 self._recv(sock)
 
@@ -254,12 +268,17 @@ def _to_event(msg: dict[str, Any], *, from_shell: bool) -> KernelEvent | None:
             traceback=list(content.get("traceback") or []),
         )
     if msg_type == "stream":
-        return Stream(name=str(content.get("name", "stdout")), text=str(content.get("text", "")))
+        return Stream(
+            name=str(content.get("name", "stdout")),
+            text=str(content.get("text", "")),
+            dropped=_int(content.get("execbox_dropped")),
+        )
     if msg_type in ("display_data", "execute_result", "update_display_data"):
         return Display(
             data=dict(content.get("data") or {}),
             metadata=dict(content.get("metadata") or {}),
             is_main=msg_type == "execute_result",
+            dropped=_int(content.get("execbox_dropped")),
         )
     if msg_type == "error":
         return Error(
@@ -272,3 +291,12 @@ def _to_event(msg: dict[str, Any], *, from_shell: bool) -> KernelEvent | None:
     if msg_type == "status" and content.get("execution_state") == "idle":
         return Idle()
     return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _readable(sock: zmq.asyncio.Socket) -> bool:
+    events = sock.getsockopt(zmq.EVENTS)
+    return isinstance(events, int) and bool(events & zmq.POLLIN)

@@ -12,6 +12,7 @@ __all__ = ["ClearOutput", "Display", "Error", "Idle", "KernelEvent", "Reply", "S
 class Stream:
     name: str  # "stdout" or "stderr"
     text: str
+    dropped: int = 0  # characters the sandbox already cut from this message
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,7 @@ class Display:
     data: dict[str, Any]
     metadata: dict[str, Any]
     is_main: bool  # execute_result (the cell's value) rather than display_data
+    dropped: int = 0  # characters the sandbox already cut from this bundle
 
 
 @dataclass(frozen=True, slots=True)
