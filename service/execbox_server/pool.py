@@ -146,7 +146,7 @@ class KernelPool(Generic[K]):
                 raise
             if self._closed:
                 raise PoolClosed("the service is shutting down") from None
-            if self._last_error is not None and self._failures_in_a_row and not self._leased:
+            if self._last_error is not None and self._failures_in_a_row:
                 raise self._last_error from None
             raise PoolExhausted(
                 f"no sandbox became free within {timeout:.1f}s "

@@ -61,7 +61,12 @@ def test_session_info_carries_limits_and_times(http: httpx.Client) -> None:
     assert r.status_code == 201
     info = r.json()
     try:
-        assert info["limits"] == {"memory_mb": 300, "cpus": 0.5, "timeout_s": 7.0, "max_output_bytes": 1_048_576}
+        assert info["limits"] == {
+            "memory_mb": 300,
+            "cpus": 0.5,
+            "timeout_s": 7.0,
+            "max_output_bytes": 1_048_576,
+        }
         assert info["created_at"] <= info["expires_at"]
         assert http.get(f"/v1/sessions/{info['id']}").json()["id"] == info["id"]
         assert info["id"] in [s["id"] for s in http.get("/v1/sessions").json()]

@@ -1,0 +1,189 @@
+"""Fault injection: sandboxes killed from outside, the engine going away and coming back, the
+service killed with SIGKILL and restarted."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from execbox import Client
+from execbox_server.testing import LocalServer, start_server
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_sandbox_removed_from_outside_is_reported_lost_and_the_session_recovers(client: Client) -> None:
+    engine = docker.from_env()
+    with client.session() as s:
+        s.run("x = 1")
+        engine.api.remove_container(s.refresh().sandbox_id, force=True)
+        ex = s.run("print(x)")
+        assert ex.status.value == "sandbox_lost" and ex.state_lost and ex.kernel_restarted
+        assert ex.duration_ms < 5000
+        again = s.run("print('back')")
+        assert again.ok and again.stdout == "back\n"
+        assert s.refresh().sandbox_id != ex.model_dump().get("sandbox_id")
+
+
+def test_a_sandbox_killed_from_outside_is_reported_with_its_signal(client: Client) -> None:
+    engine = docker.from_env()
+    with client.session() as s:
+        engine.api.kill(s.refresh().sandbox_id, signal="SIGKILL")
+        ex = s.run("1")
+        assert ex.status.value in ("kernel_died", "sandbox_lost") and ex.state_lost
+        assert s.run("2").text == "2"
+
+
+class EngineProxy:
+    """A unix-socket proxy in front of the Docker engine that a test can cut and restore."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.target = target
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(self.path))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for conn in self._conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self._conns.clear()
+        if self.path.exists():
+            self.path.unlink()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_engine_outage_gives_503_engine_unavailable_and_the_service_recovers(tmp_path: Path) -> None:
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proxy.start()
+    server = start_server(
+        tmp_path / "server.log",
+        {"docker_url": f"unix://{proxy.path}", "min_ready": "1", "max_total": "3", "acquire_timeout_s": "2"},
+    )
+    try:
+        with Client(server.url, max_retries=0) as client:
+            proxy.stop()
+            ready = httpx.get(server.url + "/readyz")
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "engine_unavailable"
+            # The warm kernel still serves: it is reached over IPC, not through the engine.
+            warm = client.session()
+            assert warm.run("1 + 1").text == "2"
+            r = httpx.post(server.url + "/v1/sessions", json={}, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+            assert "Retry-After" in r.headers
+            proxy.start()
+            wait_until(
+                lambda: httpx.get(server.url + "/readyz").status_code == 200, 30, "readiness after outage"
+            )
+            with client.session() as s:
+                assert s.run("print('recovered')").stdout == "recovered\n"
+            warm.close()
+    finally:
+        proxy.stop()
+        proxy.start()  # let the server remove its containers on the way out
+        server.stop()
+        proxy.stop()
+
+
+def instance_of(server: LocalServer) -> str:
+    match = re.search(r"execbox instance ([0-9a-f]+)", server.log.read_text())
+    assert match
+    return match.group(1)
+
+
+def containers(instance: str) -> set[str]:
+    engine = docker.from_env()
+    return {c.id for c in engine.containers.list(all=True, filters={"label": f"execbox.instance={instance}"})}
+
+
+def test_kill_9_then_restart_leaves_no_orphan_and_spares_live_neighbours(
+    tmp_path: Path, server: LocalServer
+) -> None:
+    neighbour = instance_of(server)
+    neighbour_before = containers(neighbour)
+    assert neighbour_before
+    crashed = start_server(tmp_path / "crashed.log", {"min_ready": "2", "max_total": "4"})
+    victim = instance_of(crashed)
+    with Client(crashed.url) as client:
+        client.session()  # a leased kernel too, not only warm spares
+    assert len(containers(victim)) >= 2
+    crashed.stop(signal.SIGKILL)
+    assert containers(victim), "SIGKILL cannot clean up; the next start-up must"
+    restarted = start_server(tmp_path / "restarted.log", {"min_ready": "2", "max_total": "4"}, wait=False)
+    try:
+        saw_warming = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(restarted.url + "/readyz", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.05)
+                continue
+            if r.status_code == 200:
+                break
+            saw_warming = saw_warming or r.json()["error"]["code"] == "pool_warming"
+            time.sleep(0.05)
+        ready = httpx.get(restarted.url + "/readyz").json()
+        assert ready["pool"]["ready"] >= 2, "ready before the pool was warm"
+        assert not containers(victim), "orphans of the killed instance survived the restart"
+        engine = docker.from_env()
+        for cid in neighbour_before:  # the live neighbour was idle meanwhile: all of its spares remain
+            assert engine.api.inspect_container(cid)["State"]["Running"], (
+                "a live neighbour's container was touched"
+            )
+        assert saw_warming, "/readyz never reported the pool warming up"
+    finally:
+        restarted.stop()
