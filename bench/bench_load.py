@@ -13,10 +13,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import header, summary_ms  # noqa: E402
-
-from execbox_server.loadgen import run_load  # noqa: E402
-from execbox_server.testing import local_server  # noqa: E402
+from _util import header, summary_ms
+from execbox_server.loadgen import run_load
+from execbox_server.testing import local_server
 
 SESSIONS = int(os.environ.get("BENCH_LOAD_SESSIONS", "50"))
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))

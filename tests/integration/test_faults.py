@@ -12,7 +12,6 @@ from pathlib import Path
 
 import docker
 import httpx
-import pytest
 
 from execbox import Client
 from execbox_server.testing import LocalServer, start_server
