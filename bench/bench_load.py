@@ -40,9 +40,7 @@ def main() -> None:
     print(f"  executions ok      {report.ok}   ({report.throughput:.1f}/s)")
     print(f"  latency            {summary_ms(report.latencies)}")
     print(f"  lost/duplicated    {report.sequence_errors}")
-    print(
-        f"  errors by code     {report.status_errors or 'none'}   undocumented 5xx: {report.undocumented_5xx}"
-    )
+    print(f"  errors by code     {report.status_errors or 'none'}   undocumented 5xx: {report.undocumented_5xx}")
     print(f"  server RSS         {before:.0f} MiB before, {after:.0f} MiB after")
 
 

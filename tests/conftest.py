@@ -59,9 +59,7 @@ SERVER_SETTINGS = {
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     if not docker_ok():
-        pytest.fail(
-            "integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)"
-        )
+        pytest.fail("integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)")
     srv = start_server(tmp_path_factory.mktemp("server") / "main.log", SERVER_SETTINGS)
     instance = instance_of(srv)
     yield srv

@@ -76,7 +76,7 @@ download_wheels() {
   log "downloading wheels into $cache/wheels (cached between builds) ..."
   python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 "${plats[@]}" \
-    -d "$cache/wheels" -r "$here/requirements.txt"
+    -d "$cache/wheels" -r "$here/requirements.txt" 2> >(grep -v '^WARNING: Location' >&2)
 }
 
 mkdir -p "$cache"
@@ -88,7 +88,10 @@ trap 'rm -rf "$ctx"' EXIT
 cp "$here"/Dockerfile "$here"/requirements.txt "$here"/*.py "$ctx"/
 cp -r "$cache/wheels" "$ctx/wheels"
 log "building $image from $base ..."
-DOCKER_BUILDKIT=0 docker build -q --network none \
+if ! DOCKER_BUILDKIT=0 docker build -q --network none \
   --build-arg "BASE_IMAGE=$base" --label "execbox.inputs=$inputs_hash" \
-  -t "$image" "$ctx" >/dev/null
+  -t "$image" "$ctx" >"$cache/build.log" 2>&1; then
+  tail -n 40 "$cache/build.log" >&2
+  exit 1
+fi
 log "built $image (inputs $inputs_hash)."

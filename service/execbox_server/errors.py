@@ -108,9 +108,7 @@ class SandboxStartFailed(ServiceError):
     code = "sandbox_start_failed"
 
 
-def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 

@@ -131,8 +131,7 @@ class _Collector:
     @property
     def flooding(self) -> bool:
         return (
-            self.messages > self.limits.max_output_messages
-            or self.received_bytes > 16 * self.limits.max_output_bytes
+            self.messages > self.limits.max_output_messages or self.received_bytes > 16 * self.limits.max_output_bytes
         )
 
     async def feed(self, event: KernelEvent) -> None:
@@ -167,9 +166,7 @@ class _Collector:
     def discard(self, event: KernelEvent) -> None:
         """Account for an event dropped unseen while the code was being stopped for flooding."""
         if isinstance(event, Stream):
-            self.sandbox_dropped["stdout" if event.name == "stdout" else "stderr"] += (
-                len(event.text) + event.dropped
-            )
+            self.sandbox_dropped["stdout" if event.name == "stdout" else "stderr"] += len(event.text) + event.dropped
         elif isinstance(event, Display):
             self.dropped_results += 1
         elif isinstance(event, Reply):
@@ -208,10 +205,7 @@ class _Collector:
         lines: list[str] = []
         for entry in traceback:
             lines.extend(_valid(strip_ansi(entry)).splitlines())
-        lines = [
-            line if len(line) <= MAX_TRACEBACK_LINE else line[:MAX_TRACEBACK_LINE] + " [...]"
-            for line in lines
-        ]
+        lines = [line if len(line) <= MAX_TRACEBACK_LINE else line[:MAX_TRACEBACK_LINE] + " [...]" for line in lines]
         # The traceback shares the rich budget, but always keeps at least its last lines.
         budget = max(MIN_TRACEBACK_BYTES, min(self.rich_left, MAX_TRACEBACK_BYTES))
         max_lines = MAX_TRACEBACK_LINES
@@ -340,9 +334,7 @@ class Executor:
             status = ExecutionStatus.OK if col.reply.status == "ok" else ExecutionStatus.ERROR
             if status is ExecutionStatus.ERROR and col.error is None:
                 col.error = ExecutionError(name="Error", value=f"kernel replied {col.reply.status}")
-            return ExecOutcome(
-                col.build(status, started=started, resources=await resources()), kernel_usable=True
-            )
+            return ExecOutcome(col.build(status, started=started, resources=await resources()), kernel_usable=True)
         return await self._stop(kernel, msg_id, col, stop_reason, limits, started, resources)
 
     async def _dead(
@@ -355,9 +347,7 @@ class Executor:
         status, message = _DEAD_STATUS[state.status]
         if state.exit_code is not None and state.status is SandboxStatus.EXITED:
             message += f" (exit code {state.exit_code}{_signal_name(state.exit_code)})"
-        execution = col.build(
-            status, started=started, state_lost=True, message=message, resources=await resources()
-        )
+        execution = col.build(status, started=started, state_lost=True, message=message, resources=await resources())
         return ExecOutcome(execution, kernel_usable=False)
 
     async def _stop(
@@ -420,9 +410,7 @@ class Executor:
         # Step 3: the kernel ignores interrupts (signal handlers, C loops, SIGSTOP): kill it.
         usage = await resources()
         await self._control.kill(kernel)
-        message = (
-            f"execution {what}; the kernel did not respond to interrupts and was replaced, variables are lost"
-        )
+        message = f"execution {what}; the kernel did not respond to interrupts and was replaced, variables are lost"
         execution = col.build(reason, started=started, state_lost=True, message=message, resources=usage)
         return ExecOutcome(execution, kernel_usable=False)
 

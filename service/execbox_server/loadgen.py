@@ -74,9 +74,7 @@ async def run_load(url: str, *, sessions: int, seconds: float, api_key: str | No
                 expected += 1
                 if ex["status"] != "ok" or ex["results"][0]["data"]["text/plain"] != str(expected):
                     report.sequence_errors += 1
-                    expected = (
-                        int(ex["results"][0]["data"]["text/plain"]) if ex["status"] == "ok" else expected
-                    )
+                    expected = int(ex["results"][0]["data"]["text/plain"]) if ex["status"] == "ok" else expected
                 else:
                     report.ok += 1
 

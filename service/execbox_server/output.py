@@ -54,8 +54,4 @@ class HeadTail:
         head = bytes(self._head)
         if not self.dropped:
             return (head + tail).decode("utf-8", "replace")
-        return (
-            head.decode("utf-8", "replace")
-            + truncation_marker(self.dropped)
-            + tail.decode("utf-8", "replace")
-        )
+        return head.decode("utf-8", "replace") + truncation_marker(self.dropped) + tail.decode("utf-8", "replace")

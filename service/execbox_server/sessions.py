@@ -298,8 +298,7 @@ class SessionManager:
         timeout = self._timeout(timeout_s, s.default_timeout_s)
         if max_output_bytes is not None and max_output_bytes > s.max_output_bytes_limit:
             raise InvalidLimits(
-                f"max_output_bytes={max_output_bytes} is above this server's maximum "
-                f"of {s.max_output_bytes_limit}"
+                f"max_output_bytes={max_output_bytes} is above this server's maximum of {s.max_output_bytes_limit}"
             )
         return SessionLimits(
             memory_mb=memory_mb or s.memory_mb,

@@ -32,22 +32,16 @@ class Settings(BaseSettings):
 
     # --- sandbox
     image: str = Field("execbox-sandbox-python:latest", description="Sandbox image.")
-    docker_url: str | None = Field(
-        None, description="Docker engine URL; default: DOCKER_HOST or the local socket."
-    )
+    docker_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket.")
     state_dir: Path = Field(Path("/run/execbox"), description="Where per-kernel IPC socket dirs live.")
-    memory_mb: int = Field(
-        512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap)."
-    )
+    memory_mb: int = Field(512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap).")
     max_memory_mb: int = Field(4096, ge=64, description="Largest memory limit a session may ask for.")
     cpus: float = Field(1.0, gt=0, description="Default CPU quota of a sandbox, in cores.")
     max_cpus: float = Field(2.0, gt=0, description="Largest CPU quota a session may ask for.")
     # 224: room for a few hundred short-lived children, yet a fork bomb of sleeping kernel
     # copies (~2 MiB each) hits this limit before a 512 MiB sandbox runs out of memory.
     pids_limit: int = Field(224, ge=16, description="Process/thread limit of a sandbox.")
-    tmpfs_mb: int = Field(
-        256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp)."
-    )
+    tmpfs_mb: int = Field(256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp).")
     preimport: str = Field("numpy,matplotlib", description="Modules warm kernels import in advance.")
 
     # --- pool
@@ -60,9 +54,7 @@ class Settings(BaseSettings):
     # --- executions
     default_timeout_s: float = Field(30.0, gt=0, description="Execution timeout when a request gives none.")
     max_timeout_s: float = Field(300.0, gt=0, description="Largest execution timeout a request may ask for.")
-    interrupt_grace_s: float = Field(
-        2.0, ge=0, description="Wait after an interrupt before the kernel is killed."
-    )
+    interrupt_grace_s: float = Field(2.0, ge=0, description="Wait after an interrupt before the kernel is killed.")
     max_output_bytes: int = Field(
         1_048_576,
         ge=1024,
@@ -78,6 +70,15 @@ class Settings(BaseSettings):
     )
     max_results: int = Field(50, ge=1, description="Rich results kept per execution.")
     max_code_bytes: int = Field(1_000_000, ge=1, description="Largest code accepted in a request.")
+
+    # --- batch (fork-server workers)
+    batch_workers: int = Field(2, ge=1, description="Most fork-server worker containers alive at once.")
+    batch_min_workers: int = Field(1, ge=0, description="Warm workers started ahead of the first batch.")
+    batch_memory_mb: int = Field(1024, ge=128, description="Memory of one worker container (jobs run one at a time).")
+    batch_cpus: float = Field(1.0, gt=0, description="CPU quota of one worker container.")
+    batch_default_timeout_s: float = Field(10.0, gt=0, description="Timeout of a job that gives none.")
+    batch_max_jobs: int = Field(10_000, ge=1, description="Most jobs in one batch request.")
+    max_batch_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest batch request body.")
 
     # --- sessions
     session_ttl_s: float = Field(600.0, gt=0, description="Idle sessions are deleted after this long.")
@@ -109,8 +110,7 @@ class Settings(BaseSettings):
             raise ValueError("EXECBOX_MIN_READY must not exceed EXECBOX_MAX_TOTAL")
         if not self.api_keys and not _is_loopback(self.host):
             raise ValueError(
-                f"refusing to listen on {self.host} without authentication: "
-                "set EXECBOX_API_KEYS or listen on 127.0.0.1"
+                f"refusing to listen on {self.host} without authentication: set EXECBOX_API_KEYS or listen on 127.0.0.1"
             )
         return self
 

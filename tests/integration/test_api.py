@@ -120,9 +120,7 @@ def test_timeout_interrupts_then_the_session_is_usable(http: httpx.Client, sessi
     assert run(http, session_id, "print(y)")["stdout"] == "kept\n"
 
 
-def test_a_kernel_that_ignores_interrupts_is_replaced_and_says_state_lost(
-    http: httpx.Client, session_id: str
-) -> None:
+def test_a_kernel_that_ignores_interrupts_is_replaced_and_says_state_lost(http: httpx.Client, session_id: str) -> None:
     run(http, session_id, "z = 1")
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.01)"
     t0 = time.monotonic()
@@ -229,9 +227,7 @@ def test_interrupt_stops_a_running_execution(http: httpx.Client, url: str, sessi
 
     def long() -> None:
         with httpx.Client(base_url=url, timeout=60) as other:
-            result.update(
-                other.post(f"/v1/sessions/{session_id}/execute", json={"code": "while True: pass"}).json()
-            )
+            result.update(other.post(f"/v1/sessions/{session_id}/execute", json={"code": "while True: pass"}).json())
 
     thread = threading.Thread(target=long)
     thread.start()
@@ -259,9 +255,7 @@ def test_restart_gives_a_fresh_kernel(http: httpx.Client, session_id: str) -> No
         ("/v1/execute", {"code": 5}, "code"),
     ],
 )
-def test_invalid_requests_are_422_naming_the_field(
-    http: httpx.Client, path: str, body: dict, field: str
-) -> None:
+def test_invalid_requests_are_422_naming_the_field(http: httpx.Client, path: str, body: dict, field: str) -> None:
     r = http.post(path, json=body)
     assert r.status_code == 422
     err = r.json()["error"]

@@ -124,9 +124,7 @@ def test_engine_outage_gives_503_engine_unavailable_and_the_service_recovers(tmp
             assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
             assert "Retry-After" in r.headers
             proxy.start()
-            wait_until(
-                lambda: httpx.get(server.url + "/readyz").status_code == 200, 30, "readiness after outage"
-            )
+            wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 30, "readiness after outage")
             with client.session() as s:
                 assert s.run("print('recovered')").stdout == "recovered\n"
             warm.close()
@@ -148,9 +146,7 @@ def containers(instance: str) -> set[str]:
     return {c.id for c in engine.containers.list(all=True, filters={"label": f"execbox.instance={instance}"})}
 
 
-def test_kill_9_then_restart_leaves_no_orphan_and_spares_live_neighbours(
-    tmp_path: Path, server: LocalServer
-) -> None:
+def test_kill_9_then_restart_leaves_no_orphan_and_spares_live_neighbours(tmp_path: Path, server: LocalServer) -> None:
     neighbour = instance_of(server)
     neighbour_before = containers(neighbour)
     assert neighbour_before
@@ -180,9 +176,7 @@ def test_kill_9_then_restart_leaves_no_orphan_and_spares_live_neighbours(
         assert not containers(victim), "orphans of the killed instance survived the restart"
         engine = docker.from_env()
         for cid in neighbour_before:  # the live neighbour was idle meanwhile: all of its spares remain
-            assert engine.api.inspect_container(cid)["State"]["Running"], (
-                "a live neighbour's container was touched"
-            )
+            assert engine.api.inspect_container(cid)["State"]["Running"], "a live neighbour's container was touched"
         assert saw_warming, "/readyz never reported the pool warming up"
     finally:
         restarted.stop()

@@ -25,8 +25,7 @@ def test_api_never_answers_with_an_undocumented_server_error(case) -> None:
         case.body["timeout_s"] = 2  # keep fuzzed executions short
     response = case.call(timeout=60)
     assert response.status_code < 500 or (
-        response.status_code == 503
-        and response.json()["error"]["code"] in ("pool_exhausted", "engine_unavailable")
+        response.status_code == 503 and response.json()["error"]["code"] in ("pool_exhausted", "engine_unavailable")
     ), (response.status_code, response.text[:300])
     if response.status_code >= 400:
         body = response.json()

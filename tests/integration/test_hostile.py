@@ -266,9 +266,7 @@ def followup_two(run: Run) -> None:
     fu = run.followup
     assert fu is not None and fu.status == 200, f"followup failed: {fu}"
     assert fu.wall <= 10 + 2, f"followup took {fu.wall:.1f}s"
-    assert fu.stdout == "2\n", (
-        f"followup printed {fu.stdout!r} ({fu.ex.get('status')}: {fu.ex.get('message')})"
-    )
+    assert fu.stdout == "2\n", f"followup printed {fu.stdout!r} ({fu.ex.get('status')}: {fu.ex.get('message')})"
 
 
 def flagged_if_state_lost(run: Run) -> None:
@@ -298,9 +296,7 @@ def status_in(call: Call | None, *statuses: str) -> None:
     assert call is not None and call.status == 200, (
         f"HTTP {call.status if call else None}: {call.body if call else None}"
     )
-    assert call.ex["status"] in statuses, (
-        f"status {call.ex['status']} not in {statuses}: {call.ex.get('message')}"
-    )
+    assert call.ex["status"] in statuses, f"status {call.ex['status']} not in {statuses}: {call.ex.get('message')}"
 
 
 def check_timeout_case(run: Run, *, interruptible: bool) -> None:
@@ -326,9 +322,7 @@ def generic(run: Run) -> None:
 
 
 def leftover_zero(call: Call | None) -> None:
-    assert call is not None and "leftover 0" in call.stdout, (
-        f"followup printed {call.stdout if call else None!r}"
-    )
+    assert call is not None and "leftover 0" in call.stdout, f"followup printed {call.stdout if call else None!r}"
 
 
 CHECKS: dict[str, Callable[[Run], None]] = {}
@@ -516,9 +510,7 @@ def _(run: Run) -> None:
 @check("hc-034")
 def _(run: Run) -> None:
     allowed = {"/tmp", "/dev/shm", "/home/sandbox"}
-    writable = [
-        line.split(None, 1)[1] for line in run.hostile.stdout.splitlines() if line.startswith("WRITABLE")
-    ]
+    writable = [line.split(None, 1)[1] for line in run.hostile.stdout.splitlines() if line.startswith("WRITABLE")]
     assert set(writable) <= allowed, writable
     assert "/" not in writable and "/etc" not in writable
 
@@ -626,9 +618,7 @@ def _(run: Run) -> None:
 def _(run: Run) -> None:
     within(run.hostile, run.timeout + 5)
     out = run.hostile.stdout
-    assert ("compile failed:" in out and "eval failed:" in out) or run.hostile.ex[
-        "status"
-    ] == "kernel_died", out
+    assert ("compile failed:" in out and "eval failed:" in out) or run.hostile.ex["status"] == "kernel_died", out
     followup_two(run)
 
 
@@ -646,9 +636,7 @@ def _(run: Run) -> None:
 # Mounts every Docker container has: the overlay root (its lowerdir names the engine's
 # image store) and the engine-written resolv.conf/hostname/hosts. They give no access to the
 # engine; README's isolation section explains them. Anything else is a finding.
-DOCKER_STANDARD_MOUNTS = re.compile(
-    r"^MOUNT \d+ \d+ \S+ (/ / .* - overlay |\S+/(resolv\.conf|hostname|hosts) /etc/)"
-)
+DOCKER_STANDARD_MOUNTS = re.compile(r"^MOUNT \d+ \d+ \S+ (/ / .* - overlay |\S+/(resolv\.conf|hostname|hosts) /etc/)")
 
 
 @check("hc-065")
@@ -703,9 +691,7 @@ def _(run: Run) -> None:
     for call in (run.companion, run.verify):
         assert call is not None
         lines = call.stdout.splitlines()
-        assert lines[:5] == ["global False", "env False", "files []", "syspath False", "builtins False"], (
-            lines
-        )
+        assert lines[:5] == ["global False", "env False", "files []", "syspath False", "builtins False"], lines
         assert lines[5] == "cwd /home/sandbox", lines
 
 

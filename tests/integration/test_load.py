@@ -20,9 +20,7 @@ def rss_mib(pid: int) -> float:
 
 
 def test_concurrent_sessions_in_a_loop_lose_nothing(tmp_path: Path) -> None:
-    server = start_server(
-        tmp_path / "load.log", {"min_ready": "2", "max_total": "12", "acquire_timeout_s": "10"}
-    )
+    server = start_server(tmp_path / "load.log", {"min_ready": "2", "max_total": "12", "acquire_timeout_s": "10"})
     try:
         warmup = asyncio.run(run_load(server.url, sessions=10, seconds=3))
         assert warmup.ok > 0

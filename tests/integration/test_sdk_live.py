@@ -45,10 +45,7 @@ async def test_session_lifecycle_with_the_async_client(aclient: AsyncClient) -> 
 
 def test_streaming_yields_events_in_order(client: Client) -> None:
     with client.session() as s:
-        code = (
-            "import sys, time\nprint('a', flush=True)\ntime.sleep(0.2)\n"
-            "print('b', file=sys.stderr, flush=True)\n7"
-        )
+        code = "import sys, time\nprint('a', flush=True)\ntime.sleep(0.2)\nprint('b', file=sys.stderr, flush=True)\n7"
         events = list(s.run_stream(code))
     assert [e.type for e in events] == ["stdout", "stderr", "result", "done"]
     done = events[-1]

@@ -45,15 +45,11 @@ SESSION = {
 
 
 def envelope(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(
-        status, json={"error": {"code": code, "message": f"{code} happened"}}, headers=headers
-    )
+    return httpx.Response(status, json={"error": {"code": code, "message": f"{code} happened"}}, headers=headers)
 
 
 def client_with(handler: Any, **kw: Any) -> Client:
-    return Client(
-        "http://execbox.test", http_client=httpx.Client(transport=httpx.MockTransport(handler)), **kw
-    )
+    return Client("http://execbox.test", http_client=httpx.Client(transport=httpx.MockTransport(handler)), **kw)
 
 
 def async_client_with(handler: Any, **kw: Any) -> AsyncClient:
@@ -86,9 +82,7 @@ def test_status_and_code_map_to_one_exception_class(status: int, code: str, cls:
 
 
 def test_a_non_json_error_body_still_maps_by_status() -> None:
-    with client_with(
-        lambda req: httpx.Response(502, text="<html>bad gateway</html>"), max_retries=0
-    ) as client:
+    with client_with(lambda req: httpx.Response(502, text="<html>bad gateway</html>"), max_retries=0) as client:
         with pytest.raises(InternalServerError, match="bad gateway"):
             client.sessions.list()
 
@@ -108,9 +102,7 @@ def test_pool_exhausted_is_retried_honouring_retry_after() -> None:
 
 
 def test_pool_exhausted_gives_up_after_max_retries_with_retry_after_exposed() -> None:
-    with client_with(
-        lambda req: envelope(503, "pool_exhausted", {"Retry-After": "0"}), max_retries=1
-    ) as client:
+    with client_with(lambda req: envelope(503, "pool_exhausted", {"Retry-After": "0"}), max_retries=1) as client:
         with pytest.raises(PoolExhaustedError) as info:
             client.run("1")
     assert info.value.retry_after == 0.0
@@ -306,9 +298,7 @@ def test_sync_and_async_twins_expose_the_same_methods(sync: type, async_: type) 
 
 
 def test_public_surface_is_exactly_all() -> None:
-    assert sorted(execbox.__all__) == sorted(
-        n for n in vars(execbox) if not n.startswith("_") or n == "__version__"
-    )
+    assert sorted(execbox.__all__) == sorted(n for n in vars(execbox) if not n.startswith("_") or n == "__version__")
     for name in execbox.__all__:
         assert hasattr(execbox, name)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import time
@@ -27,6 +28,10 @@ from execbox._exceptions import (
     make_status_error,
 )
 from execbox._models import (
+    BatchJob,
+    BatchRequest,
+    BatchResult,
+    BatchSummary,
     DoneEvent,
     ErrorEvent,
     ExecuteRequest,
@@ -34,7 +39,10 @@ from execbox._models import (
     ExecutionError,
     ExecutionEvent,
     ExecutionStatus,
+    JobStatus,
     OneShotRequest,
+    Resources,
+    Result,
     ResultEvent,
     SessionCreate,
     StderrEvent,
@@ -115,20 +123,73 @@ class ClientConfig:
 
     @staticmethod
     def session_body(memory_mb: int | None, cpus: float | None, timeout_s: float | None) -> dict[str, Any]:
-        return SessionCreate(memory_mb=memory_mb, cpus=cpus, timeout_s=timeout_s).model_dump(
-            exclude_none=True
-        )
+        return SessionCreate(memory_mb=memory_mb, cpus=cpus, timeout_s=timeout_s).model_dump(exclude_none=True)
 
     @staticmethod
     def execute_body(code: str, timeout_s: float | None) -> dict[str, Any]:
         return ExecuteRequest(code=code, timeout_s=timeout_s).model_dump(exclude_none=True)
 
     @staticmethod
-    def one_shot_body(
-        code: str, timeout_s: float | None, memory_mb: int | None, cpus: float | None
-    ) -> dict[str, Any]:
+    def one_shot_body(code: str, timeout_s: float | None, memory_mb: int | None, cpus: float | None) -> dict[str, Any]:
         body = OneShotRequest(code=code, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
         return body.model_dump(exclude_none=True)
+
+    @staticmethod
+    def batch_body(jobs: Sequence[BatchJob | dict[str, Any] | str], concurrency: int | None) -> dict[str, Any]:
+        parsed = [
+            job if isinstance(job, BatchJob) else BatchJob(code=job) if isinstance(job, str) else BatchJob(**job)
+            for job in jobs
+        ]
+        return BatchRequest(jobs=parsed, concurrency=concurrency).model_dump(exclude_none=True)
+
+    def batch_timeout(self, body: dict[str, Any]) -> httpx.Timeout:
+        """Between two results of a stream: the longest job's timeout plus the worker's margin."""
+        longest = max((job.get("timeout_s") or 10.0) for job in body["jobs"])
+        return httpx.Timeout(max(self.timeout, longest + 30.0), connect=min(self.timeout, 10.0))
+
+    @staticmethod
+    def decode_batch_line(line: str) -> BatchResult | BatchSummary | None:
+        """One NDJSON line of a batch stream.
+
+        Raises:
+            APIStatusError: the server ended the stream with an error envelope.
+            StreamError: the line is not valid.
+        """
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            data = json.loads(line)
+            if "error" in data and "type" not in data:
+                raise make_status_error(503, str(data["error"]["code"]), str(data["error"]["message"]))
+            if data.get("type") == "summary":
+                return BatchSummary.model_validate(data)
+            return BatchResult.model_validate(data)
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise StreamError(f"malformed line in the batch stream: {line[:200]!r}") from exc
+
+    @staticmethod
+    def missing_summary() -> StreamError:
+        return StreamError("the batch stream ended without its summary (connection cut or server stopped)")
+
+    @staticmethod
+    def execution_from_batch(result: BatchResult) -> Execution:
+        """A batch job's outcome as an Execution (what ``map`` returns)."""
+        status = _JOB_TO_EXECUTION[result.status]
+        results = [Result(data={"text/plain": result.value}, is_main_result=True)] if result.value is not None else []
+        return Execution(
+            status=status,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error=result.error,
+            results=results,
+            duration_ms=result.wall_ms,
+            truncated=result.truncated,
+            resources=Resources(
+                wall_ms=result.wall_ms, cpu_ms=result.cpu_ms, peak_memory_bytes=result.peak_memory_bytes
+            ),
+            message=result.message,
+        )
 
     # ------------------------------------------------------------------ parsing
 
@@ -173,9 +234,7 @@ class ClientConfig:
 
     @staticmethod
     def missing_done() -> StreamError:
-        return StreamError(
-            "the execution stream ended without a 'done' event (connection cut or server stopped)"
-        )
+        return StreamError("the execution stream ended without a 'done' event (connection cut or server stopped)")
 
     # ------------------------------------------------------------------ errors and retries
 
@@ -213,6 +272,16 @@ class ClientConfig:
     @staticmethod
     def done_execution(event: ExecutionEvent) -> Execution | None:
         return event.execution if isinstance(event, DoneEvent) else None
+
+
+_JOB_TO_EXECUTION = {
+    JobStatus.OK: ExecutionStatus.OK,
+    JobStatus.ERROR: ExecutionStatus.ERROR,
+    JobStatus.TIMEOUT: ExecutionStatus.TIMEOUT,
+    JobStatus.OUT_OF_MEMORY: ExecutionStatus.OUT_OF_MEMORY,
+    JobStatus.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
+    JobStatus.CRASHED: ExecutionStatus.KERNEL_DIED,
+}
 
 
 def is_unsent(exc: httpx.HTTPError) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,7 +16,15 @@ import httpx
 
 from execbox._base import Callbacks, ClientConfig, is_unsent
 from execbox._exceptions import APIStatusError, ExecboxError
-from execbox._models import Execution, ExecutionEvent, Result, SessionInfo
+from execbox._models import (
+    BatchJob,
+    BatchResult,
+    BatchSummary,
+    Execution,
+    ExecutionEvent,
+    Result,
+    SessionInfo,
+)
 
 __all__ = ["AsyncClient", "AsyncSession", "AsyncSessions", "Client", "Session", "Sessions"]
 
@@ -105,9 +112,7 @@ class Client:
         callbacks = Callbacks(on_stdout, on_stderr, on_result)
         if callbacks.any:
             return _collect(self._stream("/v1/execute/stream", body, timeout_s), callbacks)
-        response = self._request(
-            "POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s)
-        )
+        response = self._request("POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s))
         return self._cfg.parse(response, Execution)
 
     def run_stream(
@@ -123,43 +128,66 @@ class Client:
         Raises:
             StreamError: the stream ended without ``done``.
         """
-        return self._stream(
-            "/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s
-        )
+        return self._stream("/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s)
 
     def map(
         self,
         codes: Sequence[str],
         *,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         timeout_s: float | None = None,
         memory_mb: int | None = None,
         progress: bool = False,
     ) -> list[Execution]:
-        """Run many snippets, each in its own fresh sandbox; one Execution per input, in input order.
+        """Run many programs, each isolated in its own fresh process; one Execution per input, in order.
 
-        Failures of the service (after retries) come back as data: an Execution with status
-        ``error`` whose ``error.name`` is the SDK exception's class name.
+        Runs on the batch path (warm fork-server workers): plain Python, no IPython magics
+        or rich display; the value of a trailing expression becomes ``Execution.text``.
+        ``concurrency`` caps how many run at once (the server's worker count caps it too).
+        A failure of the service after retries comes back as data: every unfinished input
+        gets an Execution with status ``error`` whose ``error.name`` is the SDK exception's
+        class name.
         """
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        jobs = [{"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb} for code in codes]
+        out: list[Execution | None] = [None] * len(codes)
         bar = _progress(len(codes), progress)
-
-        def one(code: str) -> Execution:
-            try:
-                return self.run(code, timeout_s=timeout_s, memory_mb=memory_mb)
-            except ExecboxError as exc:
-                return self._cfg.failure_execution(exc)
-            finally:
+        try:
+            for result in self.batch_stream(jobs, concurrency=concurrency):
+                out[result.index] = self._cfg.execution_from_batch(result)
                 if bar is not None:
                     bar.update(1)
-
-        try:
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="execbox-map") as pool:
-                return list(pool.map(one, codes))
+        except ExecboxError as exc:
+            failure = self._cfg.failure_execution(exc)
+            out = [item if item is not None else failure for item in out]
         finally:
             if bar is not None:
                 bar.close()
+        return [item if item is not None else self._cfg.failure_execution(self._cfg.missing_summary()) for item in out]
+
+    def batch(
+        self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None
+    ) -> list[BatchResult]:
+        """Run a batch of programs (code strings, dicts or :class:`BatchJob`); results in input order.
+
+        Raises:
+            PoolExhaustedError (no worker free after retries), RequestTooLargeError, StreamError,
+            APIConnectionError.
+        """
+        results = list(self.batch_stream(jobs, concurrency=concurrency))
+        return sorted(results, key=lambda r: r.index)
+
+    def batch_stream(
+        self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None
+    ) -> Iterator[BatchResult]:
+        """Run a batch, yielding each :class:`BatchResult` as it completes (completion order)."""
+        body = self._cfg.batch_body(jobs, concurrency)
+        for item in self._lines("/v1/batch/stream", body, self._cfg.batch_timeout(body)):
+            parsed = self._cfg.decode_batch_line(item)
+            if isinstance(parsed, BatchResult):
+                yield parsed
+            elif isinstance(parsed, BatchSummary):
+                return
+        raise self._cfg.missing_summary()
 
     # ------------------------------------------------------------------ sessions
 
@@ -204,29 +232,29 @@ class Client:
             attempt += 1
 
     def _stream(self, path: str, body: Any, timeout_s: float | None) -> Iterator[ExecutionEvent]:
+        done = False
+        for line in self._lines(path, body, self._cfg.execution_timeout(timeout_s)):
+            event = self._cfg.decode_line(line)
+            if event is None:
+                continue
+            done = self._cfg.done_execution(event) is not None
+            yield event
+        if not done:
+            raise self._cfg.missing_done()
+
+    def _lines(self, path: str, body: Any, timeout: httpx.Timeout) -> Iterator[str]:
+        """POST and yield the NDJSON lines of the answer; retries only before anything was read."""
         self._check_open()
         attempt = 0
         while True:
             try:
                 with self._http.stream(
-                    "POST",
-                    self._cfg.base_url + path,
-                    json=body,
-                    headers=self._cfg.headers(),
-                    timeout=self._cfg.execution_timeout(timeout_s),
+                    "POST", self._cfg.base_url + path, json=body, headers=self._cfg.headers(), timeout=timeout
                 ) as response:
                     if not response.is_success:
                         response.read()
                         self._cfg.check(response)
-                    done = False
-                    for line in response.iter_lines():
-                        event = self._cfg.decode_line(line)
-                        if event is None:
-                            continue
-                        done = self._cfg.done_execution(event) is not None
-                        yield event
-                    if not done:
-                        raise self._cfg.missing_done()
+                    yield from response.iter_lines()
                     return
             except httpx.HTTPError as exc:
                 error: ExecboxError = self._cfg.translate(exc)
@@ -242,9 +270,7 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ExecboxError(
-                "this Client is closed; create a new one (or use it inside 'with Client() as c')"
-            )
+            raise ExecboxError("this Client is closed; create a new one (or use it inside 'with Client() as c')")
 
 
 class Sessions:
@@ -267,9 +293,7 @@ class Sessions:
 
     def get(self, session_id: str) -> SessionInfo:
         """Raises SessionNotFoundError when there is no such session."""
-        return self._client._cfg.parse(
-            self._client._request("GET", f"/v1/sessions/{session_id}"), SessionInfo
-        )
+        return self._client._cfg.parse(self._client._request("GET", f"/v1/sessions/{session_id}"), SessionInfo)
 
     def delete(self, session_id: str) -> None:
         """Delete a session and its sandbox. Raises SessionNotFoundError when there is none."""
@@ -305,9 +329,7 @@ class Session:
         timeout_s = timeout_s or self.info.limits.timeout_s
         callbacks = Callbacks(on_stdout, on_stderr, on_result)
         if callbacks.any:
-            return _collect(
-                self._client._stream(f"/v1/sessions/{self.id}/execute/stream", body, timeout_s), callbacks
-            )
+            return _collect(self._client._stream(f"/v1/sessions/{self.id}/execute/stream", body, timeout_s), callbacks)
         response = self._client._request(
             "POST",
             f"/v1/sessions/{self.id}/execute",
@@ -425,9 +447,7 @@ class AsyncClient:
         callbacks = Callbacks(on_stdout, on_stderr, on_result)
         if callbacks.any:
             return await _acollect(self._stream("/v1/execute/stream", body, timeout_s), callbacks)
-        response = await self._request(
-            "POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s)
-        )
+        response = await self._request("POST", "/v1/execute", json=body, timeout=self._cfg.execution_timeout(timeout_s))
         return self._cfg.parse(response, Execution)
 
     def run_stream(
@@ -439,40 +459,53 @@ class AsyncClient:
         cpus: float | None = None,
     ) -> AsyncIterator[ExecutionEvent]:
         """Run ``code`` once in a fresh sandbox, yielding events (see :meth:`Client.run_stream`)."""
-        return self._stream(
-            "/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s
-        )
+        return self._stream("/v1/execute/stream", self._cfg.one_shot_body(code, timeout_s, memory_mb, cpus), timeout_s)
 
     async def map(
         self,
         codes: Sequence[str],
         *,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         timeout_s: float | None = None,
         memory_mb: int | None = None,
         progress: bool = False,
     ) -> list[Execution]:
-        """Run many snippets with bounded concurrency (see :meth:`Client.map`)."""
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        """Run many programs, each in its own fresh process (see :meth:`Client.map`)."""
+        jobs = [{"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb} for code in codes]
+        out: list[Execution | None] = [None] * len(codes)
         bar = _progress(len(codes), progress)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(code: str) -> Execution:
-            async with gate:
-                try:
-                    return await self.run(code, timeout_s=timeout_s, memory_mb=memory_mb)
-                except ExecboxError as exc:
-                    return self._cfg.failure_execution(exc)
-                finally:
-                    if bar is not None:
-                        bar.update(1)
-
         try:
-            return list(await asyncio.gather(*(one(code) for code in codes)))
+            async for result in self.batch_stream(jobs, concurrency=concurrency):
+                out[result.index] = self._cfg.execution_from_batch(result)
+                if bar is not None:
+                    bar.update(1)
+        except ExecboxError as exc:
+            failure = self._cfg.failure_execution(exc)
+            out = [item if item is not None else failure for item in out]
         finally:
             if bar is not None:
                 bar.close()
+        return [item if item is not None else self._cfg.failure_execution(self._cfg.missing_summary()) for item in out]
+
+    async def batch(
+        self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None
+    ) -> list[BatchResult]:
+        """Run a batch of programs; results in input order (see :meth:`Client.batch`)."""
+        results = [r async for r in self.batch_stream(jobs, concurrency=concurrency)]
+        return sorted(results, key=lambda r: r.index)
+
+    async def batch_stream(
+        self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None
+    ) -> AsyncIterator[BatchResult]:
+        """Run a batch, yielding each result as it completes (see :meth:`Client.batch_stream`)."""
+        body = self._cfg.batch_body(jobs, concurrency)
+        async for item in self._lines("/v1/batch/stream", body, self._cfg.batch_timeout(body)):
+            parsed = self._cfg.decode_batch_line(item)
+            if isinstance(parsed, BatchResult):
+                yield parsed
+            elif isinstance(parsed, BatchSummary):
+                return
+        raise self._cfg.missing_summary()
 
     def session(
         self, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
@@ -509,29 +542,30 @@ class AsyncClient:
             attempt += 1
 
     async def _stream(self, path: str, body: Any, timeout_s: float | None) -> AsyncIterator[ExecutionEvent]:
+        done = False
+        async for line in self._lines(path, body, self._cfg.execution_timeout(timeout_s)):
+            event = self._cfg.decode_line(line)
+            if event is None:
+                continue
+            done = self._cfg.done_execution(event) is not None
+            yield event
+        if not done:
+            raise self._cfg.missing_done()
+
+    async def _lines(self, path: str, body: Any, timeout: httpx.Timeout) -> AsyncIterator[str]:
+        """POST and yield the NDJSON lines of the answer; retries only before anything was read."""
         self._check_open()
         attempt = 0
         while True:
             try:
                 async with self._http.stream(
-                    "POST",
-                    self._cfg.base_url + path,
-                    json=body,
-                    headers=self._cfg.headers(),
-                    timeout=self._cfg.execution_timeout(timeout_s),
+                    "POST", self._cfg.base_url + path, json=body, headers=self._cfg.headers(), timeout=timeout
                 ) as response:
                     if not response.is_success:
                         await response.aread()
                         self._cfg.check(response)
-                    done = False
                     async for line in response.aiter_lines():
-                        event = self._cfg.decode_line(line)
-                        if event is None:
-                            continue
-                        done = self._cfg.done_execution(event) is not None
-                        yield event
-                    if not done:
-                        raise self._cfg.missing_done()
+                        yield line
                     return
             except httpx.HTTPError as exc:
                 error: ExecboxError = self._cfg.translate(exc)
@@ -547,9 +581,7 @@ class AsyncClient:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ExecboxError(
-                "this AsyncClient is closed; create a new one (or use 'async with AsyncClient() as c')"
-            )
+            raise ExecboxError("this AsyncClient is closed; create a new one (or use 'async with AsyncClient() as c')")
 
 
 class AsyncSessions:

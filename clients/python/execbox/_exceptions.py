@@ -84,9 +84,7 @@ class ExecutionFailedError(ExecboxError):
 class APIStatusError(ExecboxError):
     """The server answered with an error status; ``code`` is its machine-readable reason."""
 
-    def __init__(
-        self, message: str, *, status_code: int, code: str, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status_code: int, code: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status_code} {code}: {message}")
         self.message = message
         self.status_code = status_code
@@ -165,9 +163,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def make_status_error(
-    status_code: int, code: str, message: str, *, retry_after: float | None = None
-) -> APIStatusError:
+def make_status_error(status_code: int, code: str, message: str, *, retry_after: float | None = None) -> APIStatusError:
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status_code)
     if cls is None:
         cls = InternalServerError if status_code >= 500 else APIStatusError

@@ -17,6 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
+    "BatchJob",
+    "BatchRequest",
+    "BatchResponse",
+    "BatchResult",
+    "BatchSummary",
     "DoneEvent",
     "ErrorBody",
     "ErrorEnvelope",
@@ -26,6 +31,7 @@ __all__ = [
     "ExecutionError",
     "ExecutionEvent",
     "ExecutionStatus",
+    "JobStatus",
     "OneShotRequest",
     "Resources",
     "Result",
@@ -35,6 +41,9 @@ __all__ = [
     "SessionLimits",
     "StderrEvent",
     "StdoutEvent",
+    "TestCase",
+    "TestOutcome",
+    "TestSpec",
     "Truncation",
     "parse_event",
 ]
@@ -254,6 +263,111 @@ class OneShotRequest(ExecuteRequest):
     memory_mb: int | None = Field(default=None, ge=32)
     cpus: float | None = Field(default=None, gt=0, le=64)
     max_output_bytes: int | None = Field(default=None, ge=1024)
+
+
+# ---------------------------------------------------------------- batch
+
+
+class JobStatus(StrEnum):
+    """How one batch job ended.
+
+    ``crashed``: killed by a signal it did not ask for (segfault, ``os.abort()``).
+    """
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    OUTPUT_LIMIT = "output_limit"
+    CRASHED = "crashed"
+
+
+class TestCase(_Model):
+    input: Any = Field(description="Arguments for the entry point (a list is spread), or stdin text.")
+    expected: Any = Field(description="The expected return value (or stdout, without an entry point).")
+
+
+class TestSpec(_Request):
+    """Test-case mode: run the solution, then each case (EvalPlus style) or an assertion script."""
+
+    entry_point: str | None = Field(default=None, description="Function under test.")
+    cases: list[TestCase] | None = None
+    assertions: str | None = Field(
+        default=None, description="Test code run after the solution; HumanEval's `check(candidate)` is called."
+    )
+    per_test_timeout_s: float | None = Field(default=None, gt=0)
+    stop_on_first_failure: bool = True
+    atol: float = Field(default=1e-6, ge=0, description="Tolerance for float comparisons.")
+
+
+class TestOutcome(_Model):
+    index: int
+    passed: bool
+    status: str = Field(description="passed, failed, error or timeout")
+    input: Any = None
+    expected: Any = None
+    actual: Any = None
+    error: ExecutionError | None = None
+    duration_ms: float = 0.0
+
+
+class BatchJob(_Request):
+    id: str | None = Field(default=None, max_length=200, description="Your id, echoed in the result.")
+    code: str
+    stdin: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, ge=16)
+    max_output_bytes: int | None = Field(default=None, ge=1024)
+    tests: TestSpec | None = None
+
+
+class BatchRequest(_Request):
+    jobs: list[BatchJob] = Field(min_length=1, max_length=100_000)
+    concurrency: int | None = Field(
+        default=None, ge=1, description="Most jobs of this batch running at once (capped by the server's workers)."
+    )
+
+
+class BatchResult(_Model):
+    """The outcome of one program of a batch: an Execution-like record."""
+
+    type: Literal["result"] = "result"
+    index: int = Field(description="Position of the job in the request.")
+    id: str | None = None
+    status: JobStatus
+    stdout: str = ""
+    stderr: str = ""
+    error: ExecutionError | None = None
+    value: str | None = Field(default=None, description="repr() of the program's last expression, if any.")
+    exit_code: int | None = None
+    signal: str | None = None
+    wall_ms: float = 0.0
+    cpu_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    truncated: bool = False
+    tests: list[TestOutcome] | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is JobStatus.OK
+
+    @property
+    def passed(self) -> bool:
+        """Test-case mode: every test passed (and the program itself ran)."""
+        return self.ok and (self.tests is None or all(t.passed for t in self.tests))
+
+
+class BatchSummary(_Model):
+    type: Literal["summary"] = "summary"
+    total: int
+    by_status: dict[str, int]
+    wall_ms: float
+
+
+class BatchResponse(_Model):
+    results: list[BatchResult]
+    summary: BatchSummary
 
 
 class ErrorBody(_Model):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from execbox_server.backends.docker import DockerBackend
+from execbox_server.batch import BatchRunner
 from execbox_server.errors import Unauthorized
 from execbox_server.pool import KernelPool
 from execbox_server.sessions import SessionManager
@@ -25,6 +26,7 @@ class Services:
     backend: DockerBackend
     pool: KernelPool[Any]
     sessions: SessionManager
+    batch: BatchRunner
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 

@@ -21,9 +21,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionInfo, summary="Create a session")
 async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> Response:
-    return model_response(
-        await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED
-    )
+    return model_response(await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[SessionInfo], summary="List your sessions")
@@ -79,9 +77,7 @@ async def execute(
     response_class=Response,
     summary="Run code in the session, streaming events as NDJSON",
 )
-async def execute_stream(
-    session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner
-) -> Response:
+async def execute_stream(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
     session = services.sessions.reserve(owner, session_id)
 

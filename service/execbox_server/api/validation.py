@@ -11,6 +11,5 @@ def check_code_size(code: str, settings: Settings) -> None:
     size = len(code.encode("utf-8", "surrogatepass"))
     if size > settings.max_code_bytes:
         raise RequestTooLarge(
-            f"code is {size} bytes; this server accepts at most {settings.max_code_bytes} "
-            "(EXECBOX_MAX_CODE_BYTES)"
+            f"code is {size} bytes; this server accepts at most {settings.max_code_bytes} (EXECBOX_MAX_CODE_BYTES)"
         )

@@ -40,13 +40,14 @@ from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStart
 from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
 from execbox_server.settings import Settings
 
-__all__ = ["DockerBackend", "DockerKernel"]
+__all__ = ["DockerBackend", "DockerKernel", "ForkWorker"]
 
 log = logging.getLogger("execbox.backend")
 
 LABEL_MANAGED = "execbox.managed"
 LABEL_INSTANCE = "execbox.instance"
 LABEL_KERNEL = "execbox.kernel"
+LABEL_ROLE = "execbox.role"
 SANDBOX_UID = 1000
 
 T = TypeVar("T")
@@ -108,6 +109,24 @@ class DockerKernel:
     conn: KernelConnection
     spec: SandboxSpec
     started_at: float = field(default_factory=time.monotonic)
+    destroyed: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return self.container_id[:12]
+
+
+@dataclass(eq=False)
+class ForkWorker:
+    """A batch worker container running the fork server, and the stream to it."""
+
+    id: str
+    container_id: str
+    dir: Path
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    owner: str | None = None
+    jobs: int = 0
     destroyed: bool = False
 
     @property
@@ -216,9 +235,7 @@ class DockerBackend:
         container_id: str | None = None
         conn: KernelConnection | None = None
         try:
-            container = await self._call(
-                lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files))
-            )
+            container = await self._call(lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files)))
             container_id = str(container.id)
             conn = KernelConnection(files, self._zmq, max_message_bytes=self._max_message_bytes)
             kernel = DockerKernel(id=kernel_id, container_id=container_id, files=files, conn=conn, spec=spec)
@@ -236,6 +253,60 @@ class DockerBackend:
             if isinstance(exc, KernelNotReady | docker.errors.DockerException | SandboxGone):
                 raise SandboxStartFailed(f"sandbox did not start: {exc}") from exc
             raise
+
+    async def start_worker(self, spec: SandboxSpec) -> ForkWorker:
+        """Start a fork-server worker container and connect to it.
+
+        Raises:
+            EngineUnavailable, SandboxStartFailed (nothing is left behind).
+        """
+        worker_id = "w" + secrets.token_hex(6)
+        host_dir = self._kernels_dir / worker_id
+        host_dir.mkdir(mode=0o700)
+        files = ConnectionFiles(host_dir=host_dir, key="")
+        container_id: str | None = None
+        try:
+            args = self._run_args(worker_id, spec, files)
+            args["command"] = ["/opt/venv/bin/python", "/opt/execbox/forkserver.py"]
+            args["labels"][LABEL_ROLE] = "worker"
+            container = await self._call(lambda: self._docker.containers.run(**args))
+            container_id = str(container.id)
+            reader, writer = await self._connect_worker(host_dir / "fork.sock", container_id)
+            return ForkWorker(id=worker_id, container_id=container_id, dir=host_dir, reader=reader, writer=writer)
+        except BaseException as exc:
+            await asyncio.shield(self._remove_quietly(container_id, files))
+            if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
+                raise
+            if isinstance(exc, OSError | TimeoutError | docker.errors.DockerException | SandboxGone):
+                raise SandboxStartFailed(f"batch worker did not start: {exc}") from exc
+            raise
+
+    async def _connect_worker(self, path: Path, container_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        deadline = time.monotonic() + self._settings.kernel_start_timeout_s
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(path), limit=64 * 1024 * 1024)
+                writer.write(b'{"op": "ping"}\n')
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), 10)
+                if b"pong" in line:
+                    return reader, writer
+                writer.close()
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the fork server did not answer")
+            attrs = await self._call(lambda: self._docker.api.inspect_container(container_id))
+            if not attrs["State"]["Running"]:
+                raise SandboxStartFailed(f"batch worker exited with code {attrs['State']['ExitCode']}")
+            await asyncio.sleep(0.05)
+
+    async def destroy_worker(self, worker: ForkWorker) -> None:
+        if worker.destroyed:
+            return
+        worker.destroyed = True
+        worker.writer.close()
+        await self._remove_quietly(worker.container_id, ConnectionFiles(host_dir=worker.dir, key=""))
 
     async def _wait_ready(self, kernel: DockerKernel) -> None:
         deadline = time.monotonic() + self._settings.kernel_start_timeout_s
@@ -376,7 +447,7 @@ class DockerBackend:
             "cap_add": ["SETUID", "SETGID", "KILL"],  # KILL: the root init forwards signals to the kernel
             "security_opt": ["no-new-privileges"],
             "read_only": True,
-            "tmpfs": {"/home/sandbox": tmpfs_opts, "/tmp": tmpfs_opts},
+            "tmpfs": {"/home/sandbox": tmpfs_opts, "/tmp": f"size={s.tmpfs_mb}m,mode=1777,nosuid,nodev"},
             "mem_limit": mem,
             "memswap_limit": mem,
             "pids_limit": s.pids_limit,
@@ -399,7 +470,12 @@ class DockerBackend:
                 **{var: str(max(1, math.ceil(spec.cpus))) for var in _THREAD_VARS},
                 "EXECBOX_MAX_MESSAGE_CHARS": str(s.max_output_bytes_limit),
             },
-            "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: self.instance_id, LABEL_KERNEL: kernel_id},
+            "labels": {
+                LABEL_MANAGED: "1",
+                LABEL_INSTANCE: self.instance_id,
+                LABEL_KERNEL: kernel_id,
+                LABEL_ROLE: "kernel",
+            },
             # The kernel's own stdout is never read, and code can write to it through
             # /proc/1/fd/1: no log driver, so a flood costs the engine no JSON encoding.
             "log_config": docker.types.LogConfig(type="none"),

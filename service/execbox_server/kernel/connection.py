@@ -84,9 +84,7 @@ class ConnectionFiles:
 class KernelConnection:
     """Shell, control and IOPub sockets to one kernel, with typed events out."""
 
-    def __init__(
-        self, files: ConnectionFiles, context: zmq.asyncio.Context, *, max_message_bytes: int = 0
-    ) -> None:
+    def __init__(self, files: ConnectionFiles, context: zmq.asyncio.Context, *, max_message_bytes: int = 0) -> None:
         self._session = Session(key=files.key.encode(), signature_scheme="hmac-sha256", username="execbox")
         self._shell = context.socket(zmq.DEALER)
         self._control = context.socket(zmq.DEALER)

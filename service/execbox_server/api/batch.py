@@ -1,0 +1,96 @@
+"""Batch execution: many isolated one-shot programs in one request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+
+from execbox._models import BatchRequest, BatchResponse, BatchResult, BatchSummary
+from execbox_server.api.deps import Owner, ServicesDep
+from execbox_server.api.streaming import NDJSON, model_response, on_client_disconnect
+from execbox_server.api.validation import check_code_size
+from execbox_server.errors import RequestTooLarge, ServiceError
+from execbox_server.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["batch"])
+
+
+def _check(body: BatchRequest, settings: Settings) -> None:
+    if len(body.jobs) > settings.batch_max_jobs:
+        raise RequestTooLarge(
+            f"{len(body.jobs)} jobs in one batch; this server accepts at most {settings.batch_max_jobs} "
+            "(EXECBOX_BATCH_MAX_JOBS): split the batch"
+        )
+    for job in body.jobs:
+        check_code_size(job.code, settings)
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResponse,
+    summary="Run many programs, each in a fresh forked process; results in input order",
+)
+async def batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
+    _check(body, services.settings)
+    results: list[BatchResult] = []
+
+    async def collect(result: BatchResult) -> None:
+        results.append(result)
+
+    task = asyncio.ensure_future(services.batch.run(owner, body.jobs, collect, concurrency=body.concurrency))
+    def stop() -> None:
+        task.cancel()  # the client went away: stop feeding workers
+
+    async with on_client_disconnect(request, stop):
+        summary = await task
+    results.sort(key=lambda r: r.index)
+    return model_response(BatchResponse(results=results, summary=summary))
+
+
+@router.post(
+    "/batch/stream",
+    responses={
+        200: {"content": {NDJSON: {}}, "description": "One `result` line per job as it completes, then `summary`"}
+    },
+    response_class=Response,
+    summary="Run many programs; stream each result as NDJSON in completion order",
+)
+async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
+    from fastapi.responses import StreamingResponse
+
+    from execbox._models import ErrorBody, ErrorEnvelope
+
+    _check(body, services.settings)
+    # Taken now so that "no worker free" is a 503 with Retry-After, not a line in a 200 stream.
+    first = await services.batch.reserve(owner)
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1024)
+
+    async def on_result(result: BatchResult) -> None:
+        await queue.put(result.model_dump_json() + "\n")
+
+    async def runner() -> None:
+        try:
+            summary: BatchSummary = await services.batch.run(
+                owner, body.jobs, on_result, concurrency=body.concurrency, first=first
+            )
+            await queue.put(summary.model_dump_json() + "\n")
+        except ServiceError as exc:
+            await queue.put(ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n")
+        finally:
+            await queue.put(None)
+
+    task = asyncio.get_running_loop().create_task(runner())
+    services.tasks.add(task)
+    task.add_done_callback(services.tasks.discard)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away: stop feeding workers
+
+    return StreamingResponse(stream(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
