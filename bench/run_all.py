@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_core.py", "bench_load.py"]
+BENCHES = ["bench_core.py", "bench_batch.py", "bench_load.py"]
 
 if __name__ == "__main__":
     only = sys.argv[1:]

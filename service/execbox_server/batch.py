@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ OnResult = Callable[[BatchResult], Awaitable[None]]
 # Beyond a job's own timeout, the worker needs a moment to kill, sweep and answer.
 WORKER_MARGIN_S = 10.0
 RECYCLE_AFTER_JOBS = 20_000
+PIPELINE_DEPTH = 2
 
 
 class BatchRunner:
@@ -130,56 +132,76 @@ class BatchRunner:
         emit: OnResult,
         worker: ForkWorker | None,
     ) -> None:
-        """One worker's share of a batch: take jobs until the queue is empty."""
+        """One worker's share of a batch: take jobs until the queue is empty.
+
+        Two jobs are in flight per worker: the next one is already in the worker's socket
+        while the current one runs, so the host's round trip costs the worker no idle time.
+        """
+        inflight: deque[tuple[int, BatchJob, float]] = deque()
         try:
-            while not queue.empty():
+            while True:
                 if worker is None:
+                    if queue.empty():
+                        return
                     try:
                         worker = await self._acquire(owner)
                     except (PoolExhausted, PoolClosed):
-                        return  # other lanes finish the queue
-                try:
+                        return  # other lanes (or run()'s final sweep) take the rest
+                while len(inflight) < PIPELINE_DEPTH and not queue.empty():
                     index, job = queue.get_nowait()
-                except asyncio.QueueEmpty:
+                    try:
+                        self._send(worker, index, job)
+                    except OSError:
+                        inflight.append((index, job, time.monotonic()))
+                        break
+                    inflight.append((index, job, time.monotonic()))
+                if not inflight:
                     return
-                result, healthy = await self._run_one(worker, index, job)
-                await emit(result)
-                if not healthy:
+                index, job, _sent = inflight[0]
+                try:
+                    await worker.writer.drain()
+                    line = await asyncio.wait_for(worker.reader.readline(), self._timeout(job) + WORKER_MARGIN_S)
+                    if not line:
+                        raise ConnectionError("the worker closed its connection")
+                    raw = json.loads(line)
+                except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+                    log.warning("batch worker %s lost during job %d: %r", worker.short_id, index, exc)
+                    while inflight:
+                        i, j, t = inflight.popleft()
+                        lost = _failed(i, j, f"the worker running this job was lost ({exc!r}) and replaced")
+                        lost.wall_ms = round((time.monotonic() - t) * 1000, 3)
+                        await emit(lost)
+                    await self._discard(worker)
+                    worker = None
+                    continue
+                inflight.popleft()
+                worker.jobs += 1
+                await emit(_to_result(index, job, raw))
+                if worker.jobs >= RECYCLE_AFTER_JOBS and not inflight:
                     await self._discard(worker)
                     worker = None
         finally:
             if worker is not None:
-                await asyncio.shield(self._release(worker))
+                if inflight:  # cancelled mid-flight: the worker's state is unknown
+                    await asyncio.shield(self._discard(worker))
+                else:
+                    await asyncio.shield(self._release(worker))
 
-    async def _run_one(self, worker: ForkWorker, index: int, job: BatchJob) -> tuple[BatchResult, bool]:
-        timeout = job.timeout_s or self._settings.batch_default_timeout_s
-        timeout = min(timeout, self._settings.max_timeout_s)
-        memory = min(job.memory_mb or self._settings.batch_memory_mb, self._settings.batch_memory_mb)
-        max_output = min(job.max_output_bytes or self._settings.max_output_bytes, self._settings.max_output_bytes_limit)
+    def _timeout(self, job: BatchJob) -> float:
+        return min(job.timeout_s or self._settings.batch_default_timeout_s, self._settings.max_timeout_s)
+
+    def _send(self, worker: ForkWorker, index: int, job: BatchJob) -> None:
+        s = self._settings
         payload = {
             "id": job.id,
             "code": job.code,
             "stdin": job.stdin,
-            "timeout_s": timeout,
-            "memory_mb": memory,
-            "max_output_bytes": max_output,
+            "timeout_s": self._timeout(job),
+            "memory_mb": min(job.memory_mb or s.batch_memory_mb, s.batch_memory_mb),
+            "max_output_bytes": min(job.max_output_bytes or s.max_output_bytes, s.max_output_bytes_limit),
             "tests": job.tests.model_dump() if job.tests is not None else None,
         }
-        started = time.monotonic()
-        try:
-            worker.writer.write(json.dumps(payload).encode() + b"\n")
-            await worker.writer.drain()
-            line = await asyncio.wait_for(worker.reader.readline(), timeout + WORKER_MARGIN_S)
-            if not line:
-                raise ConnectionError("the worker closed its connection")
-            raw = json.loads(line)
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
-            log.warning("batch worker %s lost during job %d: %r", worker.short_id, index, exc)
-            result = _failed(index, job, f"the worker running this job was lost ({exc!r}) and replaced")
-            result.wall_ms = round((time.monotonic() - started) * 1000, 3)
-            return result, False
-        worker.jobs += 1
-        return _to_result(index, job, raw), worker.jobs < RECYCLE_AFTER_JOBS
+        worker.writer.write(json.dumps(payload).encode() + b"\n")
 
     # ------------------------------------------------------------------ workers
 

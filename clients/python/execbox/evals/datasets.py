@@ -46,7 +46,7 @@ def load_humaneval(path: str | None = None) -> dict[str, Problem]:
 
 def _read(path: str) -> list[dict[str, Any]]:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         text = fh.read()
     if text.lstrip().startswith("["):
         return list(json.loads(text))
