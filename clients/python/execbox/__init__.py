@@ -30,12 +30,16 @@ from execbox._exceptions import (
     StreamError,
 )
 from execbox._models import (
+    BatchJob,
+    BatchResult,
+    BatchSummary,
     DoneEvent,
     ErrorEvent,
     Execution,
     ExecutionError,
     ExecutionEvent,
     ExecutionStatus,
+    JobStatus,
     Resources,
     Result,
     ResultEvent,
@@ -43,8 +47,12 @@ from execbox._models import (
     SessionLimits,
     StderrEvent,
     StdoutEvent,
+    TestCase,
+    TestOutcome,
+    TestSpec,
     Truncation,
 )
+from execbox.feedback import render_feedback
 
 __version__ = "0.1.0"
 
@@ -56,6 +64,9 @@ __all__ = [
     "AsyncSession",
     "AsyncSessions",
     "AuthenticationError",
+    "BatchJob",
+    "BatchResult",
+    "BatchSummary",
     "BadRequestError",
     "Client",
     "ConflictError",
@@ -70,6 +81,7 @@ __all__ = [
     "ExecutionStatus",
     "InternalServerError",
     "InvalidRequestError",
+    "JobStatus",
     "NotFoundError",
     "PoolExhaustedError",
     "RateLimitError",
@@ -87,6 +99,10 @@ __all__ = [
     "StderrEvent",
     "StdoutEvent",
     "StreamError",
+    "TestCase",
+    "TestOutcome",
+    "TestSpec",
     "Truncation",
     "__version__",
+    "render_feedback",
 ]
