@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import header, pct, summary_ms  # noqa: E402
-
-from execbox import Client  # noqa: E402
-from execbox.evals import evaluate, load_humaneval  # noqa: E402
-from execbox_server.testing import local_server  # noqa: E402
+from _util import header, pct, summary_ms
+from execbox import Client
+from execbox.evals import evaluate, load_humaneval
+from execbox_server.testing import local_server
 
 TRIVIAL_N = int(os.environ.get("BENCH_TRIVIAL_N", "10000"))
 SPAWN_N = int(os.environ.get("BENCH_SPAWN_N", "300"))
@@ -41,14 +40,37 @@ def naive_docker_exec(programs: list[str]) -> float:
     name = "execbox-bench-naive"
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp",
-         "--user", "1000:1000", "--memory", "512m", "--pids-limit", "224", "--cpus", "1", IMAGE, "sleep", "infinity"],
-        check=True, capture_output=True,
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--user",
+            "1000:1000",
+            "--memory",
+            "512m",
+            "--pids-limit",
+            "224",
+            "--cpus",
+            "1",
+            IMAGE,
+            "sleep",
+            "infinity",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         t0 = time.perf_counter()
         for program in programs:
-            subprocess.run(["docker", "exec", name, "/opt/venv/bin/python", "-c", program], capture_output=True, timeout=30)
+            command = ["docker", "exec", name, "/opt/venv/bin/python", "-c", program]
+            subprocess.run(command, capture_output=True, timeout=30)
         return time.perf_counter() - t0
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
@@ -105,7 +127,8 @@ def main() -> None:
     print(f"  python -c per job      {SPAWN_N / spawn:7.1f} jobs/s   (host, no isolation, n={SPAWN_N})")
     print(f"  ratio: {(TRIVIAL_N / trivial) / (SPAWN_N / spawn):.1f}x")
     header("scaling and latency")
-    print(f"  1 worker: {scaling[1]:.1f} jobs/s   2 workers: {scaling[2]:.1f} jobs/s   ({scaling[2] / scaling[1]:.2f}x)")
+    gain = scaling[2] / scaling[1]
+    print(f"  1 worker: {scaling[1]:.1f} jobs/s   2 workers: {scaling[2]:.1f} jobs/s   ({gain:.2f}x)")
     print(f"  one job, request to result: {summary_ms(latencies)}")
     print(f"  (p50 {pct([x * 1000 for x in latencies], 50):.1f} ms)")
 

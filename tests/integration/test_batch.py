@@ -172,7 +172,7 @@ def test_map_uses_the_batch_path_and_keeps_input_order(client: Client) -> None:
 
 
 HOSTILE_AS_JOBS = [
-    ("infinite loop swallowing interrupts", "while True:\n    try:\n        while True: pass\n    except BaseException: pass"),
+    ("loop swallowing interrupts", "while True:\n    try:\n        while True: pass\n    except BaseException: pass"),
     ("sigint ignored", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"),
     ("segfault", "import ctypes\nctypes.string_at(0)"),
     ("memory bomb", "''.join(__import__('itertools').repeat('a'))"),

@@ -32,7 +32,8 @@ def test_canonical_humaneval_solutions_pass_and_broken_ones_fail(client: Client)
     report = evaluate(client, problems, broken, feedback="opencodeinterpreter")
     assert report.pass_at_k == {"pass@1": 0.0}
     failure = report.samples[0]
-    assert failure.result.startswith("failed: ") and failure.feedback and failure.feedback.startswith("Execution result")
+    assert failure.result.startswith("failed: ")
+    assert failure.feedback and failure.feedback.startswith("Execution result")
 
 
 def test_timeouts_are_recorded_per_sample(client: Client) -> None:
@@ -66,7 +67,10 @@ def test_cli_eval_prints_pass_at_k_and_writes_a_report(url: str, tmp_path: Path)
     exe = os.path.join(os.path.dirname(sys.executable), "execbox")
     out = subprocess.run(
         [exe, "eval", "humaneval", "--samples", str(samples), "--k", "1,2", "--feedback"],
-        capture_output=True, text=True, env={**os.environ, "EXECBOX_URL": url}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EXECBOX_URL": url},
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["pass@1: 0.500", "pass@2: 1.000"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import codeop
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -29,6 +30,8 @@ from execbox._models import (
     StderrEvent,
     StdoutEvent,
 )
+from execbox.agent import AgentConfig, run_agent
+from execbox.llm import ChatClient
 
 EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3
 
@@ -103,6 +106,49 @@ def _parser() -> argparse.ArgumentParser:
     sessions.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
     sessions.add_argument("ids", nargs="*", help="session ids to delete")
     sessions.set_defaults(func=_sessions)
+
+    llm = argparse.ArgumentParser(add_help=False)
+    llm.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    llm.add_argument("--model", required=True, help="model name sent to the endpoint")
+    llm.add_argument("--llm-api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
+    llm.add_argument("--max-turns", type=int, default=3, help="model turns at most (default 3)")
+    llm.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    llm.add_argument("--max-tokens", type=int, default=1024)
+    llm.add_argument(
+        "--feedback-style", default="opencodeinterpreter", choices=["execbox", "opencodeinterpreter", "code_feedback"]
+    )
+    llm.add_argument(
+        "--code-blocks",
+        default="last",
+        choices=["last", "all", "first"],
+        help="which ```python blocks of a reply to run (default: the last)",
+    )
+
+    agent = sub.add_parser(
+        "agent",
+        parents=[common, llm],
+        help="the interpreter agent: model writes code, execbox runs it, the model refines",
+        description="Run the OpenCodeInterpreter loop on one task and print the conversation as it happens.",
+    )
+    agent.add_argument("task", help="the task for the model")
+    agent.add_argument("--json", help="also write the whole transcript (with executions) to this file")
+    agent.set_defaults(func=_agent)
+
+    synth = sub.add_parser(
+        "synth",
+        parents=[common, llm],
+        help="synthesize Code-Feedback-style dialogues from a JSONL of queries",
+        description="For each {id, query} line, run the agent loop and append {id, messages, executions, turns, "
+        "final_status} to the output. Re-running continues where a previous run stopped.",
+    )
+    synth.add_argument("--input", required=True, help="JSONL of {id, query}")
+    synth.add_argument("--output", required=True, help="JSONL to append dialogues to")
+    synth.add_argument("--concurrency", type=int, default=4, help="dialogues at once (default 4)")
+    synth.add_argument("--user-llm-url", help="a second model that plays the user (its base URL)")
+    synth.add_argument("--user-model", help="model name of the simulated user")
+    synth.add_argument("--user-prompt", help="system prompt of the simulated user")
+    synth.add_argument("--progress", action="store_true")
+    synth.set_defaults(func=_synth)
 
     ev = sub.add_parser(
         "eval",
@@ -266,6 +312,66 @@ def _repl_cell(session: Session, source: str) -> None:
         print(f"execbox: {exc}", file=sys.stderr)
 
 
+# ------------------------------------------------------------------ agent and synth
+
+
+def _chat(args: argparse.Namespace, url: str | None = None, model: str | None = None) -> ChatClient:
+    return ChatClient(
+        base_url=url or args.llm_url,
+        model=model or args.model,
+        api_key=args.llm_api_key,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+    )
+
+
+def _agent_config(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(max_turns=args.max_turns, code_blocks=args.code_blocks, feedback_style=args.feedback_style)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import json
+
+    def show(message: dict[str, str]) -> None:
+        print(f"--- {message['role']}\n{message['content']}\n", flush=True)
+
+    with _client(args) as client:
+        llm = _chat(args)
+        transcript = run_agent(args.task, client=client, llm=llm, config=_agent_config(args), on_message=show)
+        llm.close()
+    print(f"[{transcript.final_status} after {transcript.turns} turn(s)]", file=sys.stderr)
+    if transcript.error:
+        print(f"execbox: {transcript.error}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(transcript.to_json(), fh, indent=1)
+    return EXIT_OK if transcript.final_status in ("answered", "max_turns") else EXIT_ERROR
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from execbox.synth import DEFAULT_USER_PROMPT, UserSimulator, synthesize
+
+    user = None
+    if args.user_llm_url:
+        user = UserSimulator(
+            llm=_chat(args, args.user_llm_url, args.user_model or args.model),
+            prompt=args.user_prompt or DEFAULT_USER_PROMPT,
+        )
+    with _client(args) as client:
+        stats = synthesize(
+            args.input,
+            args.output,
+            client=client,
+            llm=_chat(args),
+            config=_agent_config(args),
+            user=user,
+            concurrency=args.concurrency,
+            progress=args.progress,
+        )
+    print(f"{stats.written} written, {stats.skipped} already done, {stats.failed} recorded failures", file=sys.stderr)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ eval
 
 
@@ -299,7 +405,9 @@ def _eval(args: argparse.Namespace) -> int:
     for name, value in report.pass_at_k.items():
         print(f"{name}: {value:.3f}")
     failed = sum(1 for s in report.samples if not s.passed)
-    print(f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", file=sys.stderr)
+    print(
+        f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", file=sys.stderr
+    )
     path = args.report or f"{args.samples}.report.json"
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report.to_json(), fh, indent=1)

@@ -75,7 +75,8 @@ def _code_feedback(execution: Execution, limit: int, keep: int) -> str:
         return OCI_TIMEOUT
     output = _plain_output(execution, "[image]\n")
     if len(output) > limit:
-        output = f"{output[:keep]}\n[Output too much, the middle part output is omitted]\n End part of output:\n{output[-keep:]}"
+        omitted = "[Output too much, the middle part output is omitted]"
+        output = f"{output[:keep]}\n{omitted}\n End part of output:\n{output[-keep:]}"
     return "Execution result: \n" + output if output.strip() else OCI_EMPTY
 
 

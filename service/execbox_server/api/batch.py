@@ -40,6 +40,7 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
         results.append(result)
 
     task = asyncio.ensure_future(services.batch.run(owner, body.jobs, collect, concurrency=body.concurrency))
+
     def stop() -> None:
         task.cancel()  # the client went away: stop feeding workers
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -104,8 +103,13 @@ def evaluate(
         if feedback is not None and not passed:
             fb = render_feedback(client._cfg.execution_from_batch(batch_result), style=feedback)
         results[i] = SampleResult(
-            task_id=samples[i]["task_id"], index=i, passed=passed, result=text, status=batch_result.status.value,
-            error=error, feedback=fb,
+            task_id=samples[i]["task_id"],
+            index=i,
+            passed=passed,
+            result=text,
+            status=batch_result.status.value,
+            error=error,
+            feedback=fb,
         )
         if bar is not None:
             bar.update(1)
@@ -123,6 +127,9 @@ def evaluate(
             values = [pass_at_k(v["n"], v["c"], k) for v in per_task.values()]
             scores[f"pass@{k}"] = sum(values) / len(values)
     return EvalReport(
-        pass_at_k=scores, samples=done, tasks=len(per_task), wall_s=round(time.monotonic() - started, 3),
+        pass_at_k=scores,
+        samples=done,
+        tasks=len(per_task),
+        wall_s=round(time.monotonic() - started, 3),
         per_task=dict(per_task),
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = ["Problem", "load_humaneval", "load_problems"]
