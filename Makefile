@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test images engine install lint bench bench-quick clean
+.PHONY: run test images engine install lint bench clean compose-up compose-down
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ lint: install
 
 bench: install images
 	$(PY) bench/run_all.py
+
+## compose-up / compose-down: the service in a container (docker-compose.yml)
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+compose-up: engine
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	scripts/build-context.sh
+	mkdir -p /run/execbox
+	COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0 $(COMPOSE) --env-file .build/.env up -d --build
+
+compose-down:
+	$(COMPOSE) --env-file .build/.env down --remove-orphans
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,12 +8,12 @@ __all__ = ["VERSION", "Settings", "create_app", "serve"]
 
 def serve(settings: Settings | None = None) -> None:
     """Run the service with uvicorn (one worker: the pool lives in this process)."""
-    import logging
-
     import uvicorn
 
+    from execbox_server.observability import configure_logging
+
     settings = settings or Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -23,5 +23,8 @@ def serve(settings: Settings | None = None) -> None:
         loop="asyncio",
         http="httptools",
         log_level="info",
-        timeout_graceful_shutdown=10,
+        # SIGTERM: stop accepting, let running requests finish this long, then the lifespan
+        # shutdown removes every container.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+        log_config=None,
     )

@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from execbox_server.api import batch, execute, health, sessions
+from execbox_server.api import batch, execute, files, health, sessions
 from execbox_server.api.deps import Services
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
 from execbox_server.errors import error_response, install_error_handlers
 from execbox_server.executor import Executor
+from execbox_server.observability import Metrics, RequestLog, gauge
 from execbox_server.pool import KernelPool
 from execbox_server.sessions import SessionManager
 from execbox_server.settings import Settings
@@ -31,6 +33,7 @@ VERSION = "0.1.0"
 
 def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> FastAPI:
     """Build the service. Nothing starts until the app's lifespan runs (uvicorn does that)."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,11 +47,19 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
             max_total=settings.max_total,
             max_starting=settings.max_starting,
         )
-        manager = SessionManager(settings, pool, Executor(docker_backend), docker_backend.update_limits)
-        batch_runner = BatchRunner(settings, docker_backend)
-        app.state.services = Services(
-            settings=settings, backend=docker_backend, pool=pool, sessions=manager, batch=batch_runner
+        manager = SessionManager(
+            settings, pool, Executor(docker_backend), docker_backend.update_limits, metrics=metrics
         )
+        batch_runner = BatchRunner(settings, docker_backend, metrics=metrics)
+        app.state.services = Services(
+            settings=settings,
+            backend=docker_backend,
+            pool=pool,
+            sessions=manager,
+            batch=batch_runner,
+            metrics=metrics,
+        )
+        metrics.observe_gauges(lambda: _live_metrics(app.state.services))
         pool.start()
         manager.start()
         batch_runner.start()
@@ -75,12 +86,41 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
     app.include_router(sessions.router)
     app.include_router(execute.router)
     app.include_router(batch.router)
+    app.include_router(files.router)
+    app.add_middleware(RequestLog, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_code_bytes * 2 + 65_536,
         batch_max_bytes=settings.max_batch_body_bytes,
+        file_max_bytes=settings.max_file_bytes + 65_536,
     )
     return app
+
+
+def _live_metrics(services: Services) -> list[Metric]:
+    stats = services.pool.stats()
+    batch = services.batch.stats()
+    starts = CounterMetricFamily("execbox_kernel_starts", "Kernel starts by result.", labels=["result"])
+    starts.add_metric(["ok"], stats.starts)
+    starts.add_metric(["failed"], stats.start_failures)
+    return [
+        gauge(
+            "execbox_pool_kernels",
+            "Kernels by state.",
+            {"ready": stats.ready, "starting": stats.starting, "leased": stats.leased},
+            "state",
+        ),
+        gauge("execbox_pool_waiting", "Requests waiting for a kernel.", {"": stats.waiting}),
+        gauge("execbox_pool_max_total", "Most kernels alive at once.", {"": stats.max_total}),
+        gauge("execbox_sessions", "Open sessions.", {"": services.sessions.count}),
+        gauge(
+            "execbox_batch_workers",
+            "Batch workers by state.",
+            {"alive": batch["alive"], "idle": batch["idle"]},
+            "state",
+        ),
+        starts,
+    ]
 
 
 async def _shutdown(services: Services) -> None:
@@ -97,18 +137,23 @@ async def _shutdown(services: Services) -> None:
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413, also when no Content-Length is sent."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, batch_max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, batch_max_bytes: int, file_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.batch_max_bytes = batch_max_bytes
+        self.file_max_bytes = file_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_batch = str(scope.get("path", "")).startswith("/v1/batch")
-        limit = self.batch_max_bytes if is_batch else self.max_bytes
-        setting = "EXECBOX_MAX_BATCH_BODY_BYTES" if is_batch else "EXECBOX_MAX_CODE_BYTES"
+        path = str(scope.get("path", ""))
+        if path.startswith("/v1/batch"):
+            limit, setting = self.batch_max_bytes, "EXECBOX_MAX_BATCH_BODY_BYTES"
+        elif "/files/" in path:
+            limit, setting = self.file_max_bytes, "EXECBOX_MAX_FILE_BYTES"
+        else:
+            limit, setting = self.max_bytes, "EXECBOX_MAX_CODE_BYTES"
         message = f"request body is larger than {limit} bytes; send less ({setting})"
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:

@@ -23,6 +23,7 @@ from execbox._models import BatchJob, BatchResult, BatchSummary, ExecutionError,
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend, ForkWorker
 from execbox_server.errors import PoolClosed, PoolExhausted
+from execbox_server.observability import Metrics
 from execbox_server.settings import Settings
 
 __all__ = ["BatchRunner"]
@@ -38,7 +39,8 @@ PIPELINE_DEPTH = 2
 
 
 class BatchRunner:
-    def __init__(self, settings: Settings, backend: DockerBackend) -> None:
+    def __init__(self, settings: Settings, backend: DockerBackend, *, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._backend = backend
         self._idle: list[ForkWorker] = []
@@ -110,6 +112,7 @@ class BatchRunner:
 
         async def emit(result: BatchResult) -> None:
             counts[result.status.value] = counts.get(result.status.value, 0) + 1
+            self._metrics.batch_jobs.labels(result.status.value).inc()
             await on_result(result)
 
         n = min(len(jobs), self._settings.batch_workers, concurrency or len(jobs))

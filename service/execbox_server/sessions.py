@@ -28,7 +28,8 @@ from execbox._models import (
 )
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.errors import InvalidLimits, PoolClosed, SessionBusy, SessionLimitReached, SessionNotFound
-from execbox_server.executor import ExecLimits, Executor, OnEvent
+from execbox_server.executor import ExecLimits, ExecOutcome, Executor, OnEvent
+from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
 from execbox_server.settings import Settings
 
@@ -48,6 +49,7 @@ class Session:
     limits: SessionLimits
     kernel: Any | None
     created_at: datetime = field(default_factory=_now)
+    created: float = field(default_factory=time.monotonic)
     last_used_at: datetime = field(default_factory=_now)
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
@@ -74,13 +76,15 @@ class Session:
         self.last_used = time.monotonic()
         self.last_used_at = _now()
 
-    def info(self, ttl_s: float) -> SessionInfo:
+    def info(self, ttl_s: float, max_lifetime_s: float) -> SessionInfo:
+        idle_expiry = self.last_used_at + timedelta(seconds=ttl_s)
+        hard_expiry = self.created_at + timedelta(seconds=max_lifetime_s)
         return SessionInfo(
             id=self.id,
             limits=self.limits,
             created_at=self.created_at,
             last_used_at=self.last_used_at,
-            expires_at=self.last_used_at + timedelta(seconds=ttl_s),
+            expires_at=min(idle_expiry, hard_expiry),
             busy=self.busy,
             execution_count=self.executions,
             sandbox_id=getattr(self.kernel, "short_id", None),
@@ -94,7 +98,10 @@ class SessionManager:
         pool: KernelPool[Any],
         executor: Executor,
         apply_limits: Callable[[Any, SandboxSpec], Awaitable[None]],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._pool = pool
         self._executor = executor
@@ -140,7 +147,7 @@ class SessionManager:
         session = Session(id="s_" + secrets.token_hex(12), owner=owner, limits=limits, kernel=kernel)
         self._sessions[session.id] = session
         log.info("session created id=%s kernel=%s", session.id, getattr(kernel, "id", "?"))
-        return session.info(self._settings.session_ttl_s)
+        return session.info(self._settings.session_ttl_s, self._settings.session_max_lifetime_s)
 
     def get(self, owner: str | None, session_id: str) -> Session:
         session = self._sessions.get(session_id)
@@ -150,7 +157,7 @@ class SessionManager:
         return session
 
     def info(self, session: Session) -> SessionInfo:
-        return session.info(self._settings.session_ttl_s)
+        return session.info(self._settings.session_ttl_s, self._settings.session_max_lifetime_s)
 
     def list(self, owner: str | None) -> list[SessionInfo]:
         return [self.info(s) for s in self._sessions.values() if s.owner == owner]
@@ -216,6 +223,7 @@ class SessionManager:
             finally:
                 session.interrupt = None
             session.executions += 1
+            self._record("session", outcome, session.id)
             if not outcome.kernel_usable:
                 await asyncio.shield(self._retire_kernel(session))
                 if not session.closed:
@@ -226,6 +234,12 @@ class SessionManager:
         finally:
             session.touch()
             session.unreserve()
+
+    def keepalive(self, owner: str | None, session_id: str) -> SessionInfo:
+        """Mark the session used now, pushing its idle expiry back (not past its maximum lifetime)."""
+        session = self.get(owner, session_id)
+        session.touch()
+        return self.info(session)
 
     def interrupt(self, owner: str | None, session_id: str) -> bool:
         """Interrupt the running execution, if any; return whether one was running."""
@@ -277,6 +291,7 @@ class SessionManager:
                 on_event=on_event,
                 interrupted=interrupted,
             )
+            self._record("one_shot", outcome, None)
             return outcome.execution
         finally:
             await asyncio.shield(self._pool.release(kernel))
@@ -324,8 +339,20 @@ class SessionManager:
             max_output_messages=s.max_output_messages,
         )
 
+    def _record(self, kind: str, outcome: ExecOutcome, session_id: str | None) -> None:
+        ex = outcome.execution
+        self._metrics.executions.labels(kind, ex.status.value).inc()
+        self._metrics.execution_duration.labels(kind).observe(ex.duration_ms / 1000)
+        if ex.truncated:
+            self._metrics.output_truncations.labels(kind).inc()
+        if not outcome.kernel_usable:
+            self._metrics.kernel_replacements.labels(ex.status.value).inc()
+            log.info("kernel replaced", extra={"fields": {"session": session_id, "cause": ex.status.value}})
+
     async def _lease(self, limits: SessionLimits) -> Any:
+        started = time.monotonic()
         kernel = await self._pool.acquire(timeout=self._settings.acquire_timeout_s)
+        self._metrics.acquire_wait.observe(time.monotonic() - started)
         try:
             await self._apply_limits(kernel, SandboxSpec(memory_mb=limits.memory_mb, cpus=limits.cpus))
         except BaseException:
@@ -349,16 +376,18 @@ class SessionManager:
 
     async def _reap_idle(self) -> None:
         ttl = self._settings.session_ttl_s
-        period = max(0.2, min(5.0, ttl / 4))
+        lifetime = self._settings.session_max_lifetime_s
+        period = max(0.2, min(5.0, ttl / 4, lifetime / 4))
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - ttl
+            now = time.monotonic()
             for session in list(self._sessions.values()):
-                if session.last_used < cutoff and not session.busy:
+                idle = session.last_used < now - ttl and not session.busy
+                too_old = session.created < now - lifetime
+                if idle or too_old:
                     self._sessions.pop(session.id, None)
-                    log.info(
-                        "session expired id=%s idle_for=%.0fs",
-                        session.id,
-                        time.monotonic() - session.last_used,
-                    )
+                    if session.interrupt is not None:
+                        session.interrupt.set()
+                    reason = "idle" if idle else "max_lifetime"
+                    log.info("session expired", extra={"fields": {"session": session.id, "reason": reason}})
                     await self._destroy(session)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -80,8 +80,17 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(10_000, ge=1, description="Most jobs in one batch request.")
     max_batch_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest batch request body.")
 
+    # --- operations
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
+    log_level: str = Field("INFO", description="Log level.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM, how long running requests may finish.")
+    max_file_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest file uploaded or downloaded.")
+
     # --- sessions
     session_ttl_s: float = Field(600.0, gt=0, description="Idle sessions are deleted after this long.")
+    session_max_lifetime_s: float = Field(
+        3600.0, gt=0, description="Sessions are deleted this long after creation, however busy."
+    )
     max_sessions: int = Field(64, ge=1)
 
     @field_validator("api_keys", mode="before")

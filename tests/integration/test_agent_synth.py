@@ -52,7 +52,8 @@ def test_agent_runs_the_loop_with_execution_feedback(client: Client) -> None:
 def test_agent_stops_after_max_turns_and_reports_input_requests(client: Client) -> None:
     script = {"ask": ["```python\nname = input('who? ')\n```"] * 5}
     with fake_llm(script) as (url, _):
-        transcript = run_agent("ask", client=client, llm=ChatClient(base_url=url, model="m"), config=AgentConfig(max_turns=2))
+        llm = ChatClient(base_url=url, model="m")
+        transcript = run_agent("ask", client=client, llm=llm, config=AgentConfig(max_turns=2))
     assert transcript.final_status == "max_turns" and transcript.turns == 2
     assert "StdinNotImplementedError" in transcript.messages[3]["content"]
 
@@ -74,7 +75,10 @@ def test_cli_agent_prints_the_conversation(url: str) -> None:
         exe = os.path.join(os.path.dirname(sys.executable), "execbox")
         out = subprocess.run(
             [exe, "agent", TASK, "--llm-url", llm_url, "--model", "m"],
-            capture_output=True, text=True, env={**os.environ, "EXECBOX_URL": url}, timeout=120,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "EXECBOX_URL": url},
+            timeout=120,
         )
     assert out.returncode == 0, out.stderr
     assert "--- assistant" in out.stdout and "Execution result: \n55" in out.stdout
@@ -97,8 +101,12 @@ def test_synth_writes_one_dialogue_per_query_with_a_simulated_user(client: Clien
     user_script = {}
     with fake_llm(script) as (url, _), fake_llm(user_script) as (user_url, user_requests):
         stats = synthesize(
-            str(queries), str(output), client=client, llm=ChatClient(base_url=url, model="m"),
-            user=UserSimulator(llm=ChatClient(base_url=user_url, model="u")), concurrency=3,
+            str(queries),
+            str(output),
+            client=client,
+            llm=ChatClient(base_url=url, model="m"),
+            user=UserSimulator(llm=ChatClient(base_url=user_url, model="u")),
+            concurrency=3,
         )
     assert stats.written == 6 and stats.failed == 0
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -116,8 +124,20 @@ def test_synth_resumes_after_a_killed_run_without_duplicates(url: str, tmp_path:
     exe = os.path.join(os.path.dirname(sys.executable), "execbox")
     env = {**os.environ, "EXECBOX_URL": url}
     with fake_llm(script, delay_s=0.3) as (llm_url, _):
-        cmd = [exe, "synth", "--input", str(queries), "--output", str(output), "--llm-url", llm_url, "--model", "m",
-               "--concurrency", "2"]
+        cmd = [
+            exe,
+            "synth",
+            "--input",
+            str(queries),
+            "--output",
+            str(output),
+            "--llm-url",
+            llm_url,
+            "--model",
+            "m",
+            "--concurrency",
+            "2",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not output.exists() or output.read_text().count("\n") < 3):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from typing import Any
@@ -233,17 +232,46 @@ def test_execution_helpers() -> None:
     assert info.value.execution is bad
 
 
+def batch_answer(req: httpx.Request, *, cut_after: int | None = None) -> httpx.Response:
+    """A fake /v1/batch/stream: results in reverse (completion) order, then the summary."""
+    jobs = json.loads(req.content)["jobs"]
+    lines = [
+        {"type": "result", "index": i, "status": "error" if job["code"] == "1/0" else "ok", "stdout": job["code"]}
+        for i, job in reversed(list(enumerate(jobs)))
+    ]
+    if cut_after is not None:
+        lines = lines[:cut_after]
+    else:
+        lines.append({"type": "summary", "total": len(jobs), "by_status": {}, "wall_ms": 1.0})
+    return httpx.Response(200, content=ndjson(*lines))
+
+
 def test_map_keeps_input_order_and_turns_service_failures_into_data() -> None:
+    with client_with(batch_answer) as client:
+        results = client.map(["a", "1/0", "c"])
+    assert [r.stdout for r in results] == ["a", "1/0", "c"]
+    assert [r.status for r in results] == [ExecutionStatus.OK, ExecutionStatus.ERROR, ExecutionStatus.OK]
+    with client_with(lambda req: batch_answer(req, cut_after=1)) as client:
+        cut = client.map(["a", "b", "c"])
+    assert cut[2].ok  # arrived before the cut
+    assert cut[0].status is ExecutionStatus.ERROR and cut[0].error.name == "StreamError"
+    with client_with(lambda req: envelope(500, "internal_error"), max_retries=0) as client:
+        failed = client.map(["a", "b"])
+    assert all(r.error and r.error.name == "InternalServerError" for r in failed)
+
+
+def test_batch_stream_retries_pool_exhaustion_before_the_stream_starts() -> None:
+    calls: list[int] = []
+
     def handler(req: httpx.Request) -> httpx.Response:
-        code = json.loads(req.content)["code"]
-        if code == "fail":
-            return envelope(500, "internal_error")
-        return httpx.Response(200, json={"status": "ok", "stdout": code})
+        calls.append(1)
+        if len(calls) == 1:
+            return envelope(503, "pool_exhausted", {"Retry-After": "0"})
+        return batch_answer(req)
 
     with client_with(handler) as client:
-        results = client.map(["a", "fail", "c"], concurrency=3)
-    assert [r.stdout for r in results] == ["a", "", "c"]
-    assert results[1].status is ExecutionStatus.ERROR and results[1].error.name == "InternalServerError"
+        results = client.batch(["x", "y"])
+    assert [r.index for r in results] == [0, 1] and len(calls) == 2
 
 
 async def test_async_twin_behaves_like_the_sync_client() -> None:
@@ -264,8 +292,6 @@ async def test_async_twin_behaves_like_the_sync_client() -> None:
             assert events == ["stdout", "done"]
             with pytest.raises(SessionBusyError):
                 await session.run("x")
-        results = await client.map(["a"] * 3, concurrency=2)
-        assert all(r.status is ExecutionStatus.ERROR for r in results)
 
 
 def test_closed_client_says_so() -> None:
@@ -298,27 +324,22 @@ def test_sync_and_async_twins_expose_the_same_methods(sync: type, async_: type) 
 
 
 def test_public_surface_is_exactly_all() -> None:
-    assert sorted(execbox.__all__) == sorted(n for n in vars(execbox) if not n.startswith("_") or n == "__version__")
+    public = {
+        n for n, v in vars(execbox).items() if (not n.startswith("_") or n == "__version__") and not inspect.ismodule(v)
+    }
+    assert sorted(execbox.__all__) == sorted(public)
     for name in execbox.__all__:
         assert hasattr(execbox, name)
 
 
-def test_async_map_bounds_concurrency() -> None:
-    active = 0
-    peak = 0
-
+async def test_async_batch_and_map_twin_the_sync_ones() -> None:
     async def handler(req: httpx.Request) -> httpx.Response:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.01)
-        active -= 1
-        return httpx.Response(200, json=OK_EXECUTION)
+        body = json.loads(req.content)
+        assert body.get("concurrency") in (None, 4)
+        return batch_answer(req)
 
-    async def main() -> None:
-        async with async_client_with(handler) as client:
-            results = await client.map(["1"] * 20, concurrency=4)
+    async with async_client_with(handler) as client:
+        results = await client.map(["1"] * 20, concurrency=4)
         assert len(results) == 20 and all(r.ok for r in results)
-
-    asyncio.run(main())
-    assert peak <= 4
+        ordered = await client.batch(["a", "b", "c"])
+        assert [r.stdout for r in ordered] == ["a", "b", "c"]

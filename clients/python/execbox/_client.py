@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -22,6 +23,7 @@ from execbox._models import (
     BatchSummary,
     Execution,
     ExecutionEvent,
+    FileInfo,
     Result,
     SessionInfo,
 )
@@ -203,6 +205,22 @@ class Client:
 
     # ------------------------------------------------------------------ transport
 
+    def _request_raw(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
+        """A request with a raw body (files): sent once, never retried."""
+        self._check_open()
+        try:
+            response = self._http.request(
+                method,
+                self._cfg.base_url + path,
+                content=content,
+                headers=self._cfg.headers(),
+                timeout=self._cfg.http_timeout(),
+            )
+        except httpx.HTTPError as exc:
+            raise self._cfg.translate(exc) from exc
+        self._cfg.check(response)
+        return response
+
     def _request(
         self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None
     ) -> httpx.Response:
@@ -354,6 +372,33 @@ class Session:
     def restart(self) -> SessionInfo:
         """Replace the kernel with a fresh one; every variable is lost."""
         response = self._client._request("POST", f"/v1/sessions/{self.id}/restart")
+        self.info = self._client._cfg.parse(response, SessionInfo)
+        return self.info
+
+    def upload(self, path: str, data: bytes | str) -> FileInfo:
+        """Write ``data`` to ``path`` under the session's working directory (directories are created).
+
+        Raises:
+            InvalidRequestError (absolute path, ``..``, a symlink on the way), RequestTooLargeError.
+        """
+        content = data.encode() if isinstance(data, str) else data
+        response = self._client._request_raw(
+            "PUT", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}", content=content
+        )
+        return FileInfo.model_validate_json(response.content)
+
+    def download(self, path: str) -> bytes:
+        """The bytes of ``path`` (e.g. a CSV or a PNG the code wrote). Raises NotFoundError when missing."""
+        return self._client._request_raw("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}").content
+
+    def list_files(self, directory: str = "") -> list[FileInfo]:
+        """Entries of ``directory`` (default: the working directory itself)."""
+        response = self._client._request("GET", f"/v1/sessions/{self.id}/files?dir={quote(directory)}")
+        return [FileInfo.model_validate(e) for e in response.json()]
+
+    def keepalive(self) -> SessionInfo:
+        """Push the session's idle expiry back."""
+        response = self._client._request("POST", f"/v1/sessions/{self.id}/keepalive")
         self.info = self._client._cfg.parse(response, SessionInfo)
         return self.info
 
@@ -513,6 +558,22 @@ class AsyncClient:
         """``async with client.session() as s:`` creates a session and deletes it on exit."""
         return _AsyncSessionContext(self, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
 
+    async def _request_raw(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
+        """A request with a raw body (files): sent once, never retried."""
+        self._check_open()
+        try:
+            response = await self._http.request(
+                method,
+                self._cfg.base_url + path,
+                content=content,
+                headers=self._cfg.headers(),
+                timeout=self._cfg.http_timeout(),
+            )
+        except httpx.HTTPError as exc:
+            raise self._cfg.translate(exc) from exc
+        self._cfg.check(response)
+        return response
+
     async def _request(
         self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None
     ) -> httpx.Response:
@@ -657,6 +718,25 @@ class AsyncSession:
 
     async def restart(self) -> SessionInfo:
         response = await self._client._request("POST", f"/v1/sessions/{self.id}/restart")
+        self.info = self._client._cfg.parse(response, SessionInfo)
+        return self.info
+
+    async def upload(self, path: str, data: bytes | str) -> FileInfo:
+        content = data.encode() if isinstance(data, str) else data
+        response = await self._client._request_raw(
+            "PUT", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}", content=content
+        )
+        return FileInfo.model_validate_json(response.content)
+
+    async def download(self, path: str) -> bytes:
+        return (await self._client._request_raw("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}")).content
+
+    async def list_files(self, directory: str = "") -> list[FileInfo]:
+        response = await self._client._request("GET", f"/v1/sessions/{self.id}/files?dir={quote(directory)}")
+        return [FileInfo.model_validate(e) for e in response.json()]
+
+    async def keepalive(self) -> SessionInfo:
+        response = await self._client._request("POST", f"/v1/sessions/{self.id}/keepalive")
         self.info = self._client._cfg.parse(response, SessionInfo)
         return self.info
 

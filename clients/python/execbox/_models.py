@@ -31,6 +31,7 @@ __all__ = [
     "ExecutionError",
     "ExecutionEvent",
     "ExecutionStatus",
+    "FileInfo",
     "JobStatus",
     "OneShotRequest",
     "Resources",
@@ -368,6 +369,13 @@ class BatchSummary(_Model):
 class BatchResponse(_Model):
     results: list[BatchResult]
     summary: BatchSummary
+
+
+class FileInfo(_Model):
+    name: str
+    path: str = Field(description="Relative to the session's working directory.")
+    size: int
+    type: Literal["file", "dir", "symlink"]
 
 
 class ErrorBody(_Model):

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
 from execbox_server.errors import Unauthorized
+from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
 from execbox_server.sessions import SessionManager
 from execbox_server.settings import Settings
@@ -27,6 +28,7 @@ class Services:
     pool: KernelPool[Any]
     sessions: SessionManager
     batch: BatchRunner
+    metrics: Metrics
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 

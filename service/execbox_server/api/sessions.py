@@ -92,6 +92,16 @@ async def execute_stream(session_id: str, body: ExecuteRequest, services: Servic
     )
 
 
+@router.post(
+    "/{session_id}/keepalive",
+    response_model=SessionInfo,
+    responses=_ERRORS,
+    summary="Push the session's idle expiry back (its maximum lifetime still applies)",
+)
+async def keepalive(session_id: str, services: ServicesDep, owner: Owner) -> SessionInfo:
+    return services.sessions.keepalive(owner, session_id)
+
+
 @router.post("/{session_id}/interrupt", responses=_ERRORS, summary="Interrupt the running execution")
 async def interrupt(session_id: str, services: ServicesDep, owner: Owner) -> dict[str, bool]:
     return {"interrupted": services.sessions.interrupt(owner, session_id)}

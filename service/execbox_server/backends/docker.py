@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -40,7 +41,7 @@ from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStart
 from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
 from execbox_server.settings import Settings
 
-__all__ = ["DockerBackend", "DockerKernel", "ForkWorker"]
+__all__ = ["DockerBackend", "DockerKernel", "FileRequestError", "ForkWorker"]
 
 log = logging.getLogger("execbox.backend")
 
@@ -92,6 +93,73 @@ for _ in range(3):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+"""
+
+
+class FileRequestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Run inside the sandbox as the sandbox user: argv = op, relative path, transfer file, max bytes.
+_FILES = r"""
+import json, os, shutil, stat, sys
+op, rel, xfer, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ROOT = '/home/sandbox'
+def done(**answer):
+    print(json.dumps(answer)); sys.exit(0)
+def fail(code, message):
+    done(error=code, message=message)
+if '\0' in rel or rel.startswith('/') or '\\' in rel:
+    fail('invalid_path', 'give a path relative to the working directory, without NUL or backslashes')
+parts = [p for p in rel.split('/') if p not in ('', '.')]
+if any(p == '..' for p in parts):
+    fail('invalid_path', "'..' is not allowed: paths stay inside the working directory")
+if op != 'list' and not parts:
+    fail('invalid_path', 'give a file name')
+cur = ROOT
+for i, part in enumerate(parts):
+    cur = os.path.join(cur, part)
+    last = i == len(parts) - 1
+    try:
+        st = os.lstat(cur)
+    except FileNotFoundError:
+        if op == 'put':
+            if not last:
+                os.mkdir(cur, 0o755)
+            continue
+        fail('file_not_found', f'no such file or directory: {rel}')
+    if stat.S_ISLNK(st.st_mode):
+        fail('invalid_path', f'{"/".join(parts[: i + 1])} is a symlink; symlinks are not followed')
+    if not last and not stat.S_ISDIR(st.st_mode):
+        fail('invalid_path', f'{"/".join(parts[: i + 1])} is not a directory')
+if op == 'list':
+    if not os.path.isdir(cur):
+        fail('invalid_path', f'{rel} is not a directory')
+    entries = []
+    with os.scandir(cur) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            st = e.stat(follow_symlinks=False)
+            kind = 'dir' if e.is_dir(follow_symlinks=False) else 'symlink' if e.is_symlink() else 'file'
+            entries.append({'name': e.name, 'path': '/'.join(parts + [e.name]), 'size': st.st_size, 'type': kind})
+    done(entries=entries)
+flags = os.O_NOFOLLOW
+if op == 'put':
+    fd = os.open(cur, flags | os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with open(fd, 'wb') as dst, open(xfer, 'rb') as src:
+        shutil.copyfileobj(src, dst)
+    done(path='/'.join(parts), size=os.path.getsize(cur))
+fd = os.open(cur, flags | os.O_RDONLY)
+st = os.fstat(fd)
+if not stat.S_ISREG(st.st_mode):
+    fail('invalid_path', f'{rel} is not a regular file')
+if st.st_size > limit:
+    fail('file_too_large', f'{rel} is {st.st_size} bytes; the limit is {limit} (EXECBOX_MAX_FILE_BYTES)')
+with open(fd, 'rb') as src, open(xfer, 'wb') as dst:
+    shutil.copyfileobj(src, dst)
+done(path='/'.join(parts), size=st.st_size)
 """
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -397,6 +465,45 @@ class DockerBackend:
             )
         except (SandboxGone, EngineUnavailable, docker.errors.APIError) as exc:
             log.warning("process sweep of sandbox %s failed: %s", kernel.short_id, exc)
+
+    # ------------------------------------------------------------------ files
+
+    async def files(self, kernel: DockerKernel, op: str, path: str, data: bytes | None = None) -> Any:
+        """Put, get or list files under the sandbox's working directory.
+
+        The work happens inside the sandbox, as the sandbox user, by a small script that
+        refuses absolute paths, ``..`` and symlinks anywhere on the way; bytes travel through
+        the per-kernel directory both sides already share (tmpfs is invisible to ``docker cp``).
+
+        Raises:
+            FileRequestError: the path was refused or does not exist, or the file is too large.
+        """
+        token = secrets.token_hex(8)
+        xfer = kernel.files.host_dir / f"xfer-{token}"
+        try:
+            if data is not None:
+                xfer.write_bytes(data)
+                os.chown(xfer, SANDBOX_UID, SANDBOX_UID)
+            argv = [op, path, f"{kernel.files.container_dir}/xfer-{token}", str(self._settings.max_file_bytes)]
+            exec_id = await self._call(
+                lambda: self._docker.api.exec_create(
+                    kernel.container_id, ["/opt/venv/bin/python", "-I", "-c", _FILES, *argv], user=str(SANDBOX_UID)
+                )["Id"]
+            )
+            out = await self._call(lambda: self._docker.api.exec_start(exec_id, demux=True))
+            stdout = (out[0] or b"") if isinstance(out, tuple) else out
+            try:
+                answer = json.loads(stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+            except (ValueError, IndexError) as exc:
+                raise FileRequestError("internal", f"the sandbox did not answer the file request: {exc}") from exc
+            if "error" in answer:
+                raise FileRequestError(answer["error"], answer["message"])
+            if op == "get":
+                return xfer.read_bytes()
+            return answer
+        finally:
+            with contextlib.suppress(OSError):
+                xfer.unlink()
 
     # ------------------------------------------------------------------ resource accounting
 

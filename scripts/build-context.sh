@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Prepare offline build contexts under .build/ for docker-compose:
+#   .build/sandbox  the sandbox image (Dockerfile, kernel and fork server, wheels)
+#   .build/service  the service image (Dockerfile, the project's wheel and its dependencies' wheels)
+# and make sure the offline base image exists when no registry answers (as sandbox_images/python/build.sh).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${EXECBOX_CACHE_DIR:-/var/cache/execbox}
+py=${PYTHON:-python3}
+log() { printf '[context] %s\n' "$*" >&2; }
+
+arch=$(uname -m)
+plats=()
+for v in $(seq 17 36); do plats+=(--platform "manylinux_2_${v}_${arch}"); done
+plats+=(--platform "manylinux2014_${arch}")
+pipdl() {
+  "$py" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+    --python-version 3.11 --implementation cp --abi cp311 "${plats[@]}" "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
+rm -rf "$root/.build"
+mkdir -p "$root/.build/sandbox/wheels" "$root/.build/service/wheels" "$cache/wheels"
+
+log "sandbox context ..."
+cp "$root"/sandbox_images/python/{Dockerfile,requirements.txt,execbox_kernel.py,forkserver.py} "$root/.build/sandbox/"
+pipdl -d "$cache/wheels" -r "$root/sandbox_images/python/requirements.txt"
+cp "$cache"/wheels/*.whl "$root/.build/sandbox/wheels/"
+
+log "service context ..."
+cp "$root/service/Dockerfile" "$root/.build/service/"
+"$py" -m pip wheel -q --no-deps --disable-pip-version-check -w "$root/.build/service/wheels" "$root" \
+  2> >(grep -v '^WARNING: Location' >&2)
+"$py" - "$root/pyproject.toml" > "$root/.build/service/requirements.txt" <<'PY'
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+PY
+pipdl -d "$root/.build/service/wheels" -r "$root/.build/service/requirements.txt"
+
+# The base: python:3.11-slim where a registry answers, else the offline Debian root.
+if [ -z "${EXECBOX_BASE_IMAGE:-}" ]; then
+  if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 30 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    base=python:3.11-slim
+  else
+    EXECBOX_IMAGE=${EXECBOX_IMAGE:-execbox-sandbox-python:latest} "$root/sandbox_images/python/build.sh" >&2
+    base=execbox-base-bookworm:latest
+  fi
+else
+  base=$EXECBOX_BASE_IMAGE
+fi
+echo "EXECBOX_BASE_IMAGE=$base" > "$root/.build/.env"
+log "contexts ready in .build/ (base $base)"

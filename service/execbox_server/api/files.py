@@ -1,0 +1,93 @@
+"""Files in and out of a session's working directory."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+
+from execbox._models import FileInfo
+from execbox_server.api.deps import Owner, ServicesDep
+from execbox_server.backends.base import SandboxGone
+from execbox_server.backends.docker import FileRequestError
+from execbox_server.errors import ServiceError
+from execbox_server.sessions import Session
+
+router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"])
+
+
+class FileError(ServiceError):
+    status_code = 422
+    code = "invalid_path"
+
+
+class FileNotFound(ServiceError):
+    status_code = 404
+    code = "file_not_found"
+
+
+class FileTooLarge(ServiceError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class SandboxUnavailable(ServiceError):
+    status_code = 409
+    code = "sandbox_unavailable"
+
+
+_BY_CODE: dict[str, type[ServiceError]] = {
+    "invalid_path": FileError,
+    "file_not_found": FileNotFound,
+    "file_too_large": FileTooLarge,
+}
+
+
+async def _files(services: ServicesDep, session: Session, op: str, path: str, data: bytes | None = None) -> Any:
+    if session.kernel is None:
+        raise SandboxUnavailable("the session's sandbox is being replaced; retry in a moment", retry_after=1)
+    session.touch()
+    try:
+        return await services.backend.files(session.kernel, op, path, data)
+    except FileRequestError as exc:
+        raise _BY_CODE.get(exc.code, FileError)(exc.message) from exc
+    except SandboxGone as exc:
+        raise SandboxUnavailable("the session's sandbox is gone; run code to get a fresh one") from exc
+
+
+@router.get("", response_model=list[FileInfo], summary="List a directory of the working directory")
+async def list_files(session_id: str, services: ServicesDep, owner: Owner, dir: str = "") -> list[FileInfo]:
+    answer = await _files(services, services.sessions.get(owner, session_id), "list", dir)
+    return [FileInfo.model_validate(e) for e in answer["entries"]]
+
+
+@router.put(
+    "/{path:path}",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FileInfo,
+    summary="Upload a file (the raw request body) into the working directory",
+)
+async def upload(session_id: str, path: str, request: Request, services: ServicesDep, owner: Owner) -> FileInfo:
+    session = services.sessions.get(owner, session_id)
+    data = await request.body()
+    if len(data) > services.settings.max_file_bytes:
+        raise FileTooLarge(f"the file is {len(data)} bytes; the limit is {services.settings.max_file_bytes}")
+    answer = await _files(services, session, "put", path, data)
+    return FileInfo(name=PurePosixPath(answer["path"]).name, path=answer["path"], size=answer["size"], type="file")
+
+
+@router.get(
+    "/{path:path}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+    summary="Download a file of the working directory",
+)
+async def download(session_id: str, path: str, services: ServicesDep, owner: Owner) -> Response:
+    data = await _files(services, services.sessions.get(owner, session_id), "get", path)
+    name = PurePosixPath(path).name.replace('"', "")
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
