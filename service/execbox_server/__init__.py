@@ -27,4 +27,7 @@ def serve(settings: Settings | None = None) -> None:
         # shutdown removes every container.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         log_config=None,
+        # Longer than clients' idle pools keep connections, so a reused connection is not
+        # closed under a request (an ambiguous failure a client must not retry blindly).
+        timeout_keep_alive=75,
     )

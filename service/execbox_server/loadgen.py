@@ -62,7 +62,12 @@ async def run_load(url: str, *, sessions: int, seconds: float, api_key: str | No
             await http.post(f"/v1/sessions/{sid}/execute", json={"code": "n = 0"})
             while time.monotonic() < deadline:
                 t0 = time.perf_counter()
-                r = await http.post(f"/v1/sessions/{sid}/execute", json={"code": "n += 1\nn"})
+                try:
+                    r = await http.post(f"/v1/sessions/{sid}/execute", json={"code": "n += 1\nn"})
+                except httpx.HTTPError as exc:
+                    name = type(exc).__name__
+                    report.status_errors[name] = report.status_errors.get(name, 0) + 1
+                    return  # the counter's state is unknown now: this session stops
                 if r.status_code != 200:
                     code = r.json().get("error", {}).get("code", str(r.status_code))
                     report.status_errors[code] = report.status_errors.get(code, 0) + 1

@@ -32,7 +32,9 @@ class Services:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are ``async def``: FastAPI runs plain ``def`` ones in a thread pool, a thread
+# hop on every request for what is a dictionary lookup.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -40,7 +42,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_owner(request: Request, services: ServicesDep) -> str | None:
+async def get_owner(request: Request, services: ServicesDep) -> str | None:
     """The caller's identity: a fingerprint of its API key, or None when auth is off.
 
     Raises:

@@ -178,6 +178,7 @@ class DockerKernel:
     spec: SandboxSpec
     started_at: float = field(default_factory=time.monotonic)
     destroyed: bool = False
+    cgroup: dict[str, int] | None = None  # open cgroup files (accounting), closed on destroy
 
     @property
     def short_id(self) -> str:
@@ -400,6 +401,10 @@ class DockerBackend:
             return
         kernel.destroyed = True
         kernel.conn.close()
+        for fd in (kernel.cgroup or {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        kernel.cgroup = {}
         await self._remove_quietly(kernel.container_id, kernel.files)
 
     async def update_limits(self, kernel: DockerKernel, spec: SandboxSpec) -> None:
@@ -509,24 +514,39 @@ class DockerBackend:
 
     def usage(self, kernel: DockerKernel) -> Usage:
         """CPU time and peak memory of the sandbox from its cgroup (None where unreadable)."""
-        cid = kernel.container_id
-        cpu = _read_int(_cgroup_file(cid, "cpuacct", "cpuacct.usage"))
+        fds = self._cgroup_fds(kernel)
+        cpu = _pread_int(fds.get("cpuacct.usage"))
         if cpu is None:
-            usec = _read_keyed(_cgroup_file(cid, "", "cpu.stat"), "usage_usec")
+            usec = _pread_keyed(fds.get("cpu.stat"), "usage_usec")
             cpu = usec * 1000 if usec is not None else None
-        peak = _read_int(_cgroup_file(cid, "memory", "memory.max_usage_in_bytes"))
-        if peak is None:
-            peak = _read_int(_cgroup_file(cid, "", "memory.peak"))
+        peak = _pread_int(fds.get("memory.max_usage_in_bytes")) or _pread_int(fds.get("memory.peak"))
         return Usage(cpu_ns=cpu, peak_memory_bytes=peak)
 
     def reset_peak_memory(self, kernel: DockerKernel) -> None:
-        for path in (
-            _cgroup_file(kernel.container_id, "memory", "memory.max_usage_in_bytes"),
-            _cgroup_file(kernel.container_id, "", "memory.peak"),
-        ):
-            if path is not None:
+        fds = self._cgroup_fds(kernel)
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            fd = fds.get(name)
+            if fd is not None:
                 with contextlib.suppress(OSError):
-                    path.write_text("0\n")
+                    os.pwrite(fd, b"0\n", 0)
+
+    def _cgroup_fds(self, kernel: DockerKernel) -> dict[str, int]:
+        # Opened once per kernel and read with pread: on the hot path of every execution,
+        # path lookups and opens cost more than the reads.
+        if kernel.cgroup is None:
+            cid = kernel.container_id
+            found = {
+                "cpuacct.usage": (_cgroup_file(cid, "cpuacct", "cpuacct.usage"), os.O_RDONLY),
+                "cpu.stat": (_cgroup_file(cid, "", "cpu.stat"), os.O_RDONLY),
+                "memory.max_usage_in_bytes": (_cgroup_file(cid, "memory", "memory.max_usage_in_bytes"), os.O_RDWR),
+                "memory.peak": (_cgroup_file(cid, "", "memory.peak"), os.O_RDWR),
+            }
+            kernel.cgroup = {}
+            for name, (path, mode) in found.items():
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        kernel.cgroup[name] = os.open(path, mode | os.O_CLOEXEC)
+        return kernel.cgroup
 
     # ------------------------------------------------------------------ helpers
 
@@ -637,20 +657,20 @@ def _cgroup_file(container_id: str, controller: str, name: str) -> Path | None:
     return None
 
 
-def _read_int(path: Path | None) -> int | None:
-    if path is None:
+def _pread_int(fd: int | None) -> int | None:
+    if fd is None:
         return None
     try:
-        return int(path.read_text().split()[0])
+        return int(os.pread(fd, 64, 0).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _read_keyed(path: Path | None, key: str) -> int | None:
-    if path is None:
+def _pread_keyed(fd: int | None, key: str) -> int | None:
+    if fd is None:
         return None
     try:
-        for line in path.read_text().splitlines():
+        for line in os.pread(fd, 4096, 0).decode().splitlines():
             name, _, value = line.partition(" ")
             if name == key:
                 return int(value)

@@ -12,6 +12,7 @@ interrupted request or of a background thread never lands in the wrong execution
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import secrets
@@ -236,12 +237,32 @@ class KernelConnection:
                 future.cancel()
             return None
         frames = future.result()
+        return self._parse(frames)
+
+    def _parse(self, frames: list[bytes]) -> dict[str, Any] | None:
+        """Verify and decode one wire message; a malformed or badly signed one is dropped.
+
+        Leaner than ``Session.deserialize``, which also parses every header date with
+        dateutil: the executor needs the type, the parent's id and the content only.
+        """
         try:
-            _idents, parts = self._session.feed_identities(frames, copy=True)
-            msg: dict[str, Any] = self._session.deserialize(parts, content=True, copy=True)
-        except Exception:  # a malformed or badly signed message is dropped, never trusted
+            i = frames.index(b"<IDS|MSG>")
+            signature, header, parent, _metadata, content = frames[i + 1 : i + 6]
+        except (ValueError, IndexError):
             return None
-        return msg
+        expected = self._session.sign([header, parent, _metadata, content])
+        if not hmac.compare_digest(signature, expected):
+            return None
+        try:
+            head = json.loads(header)
+            return {
+                "msg_type": head.get("msg_type"),
+                "header": head,
+                "parent_header": json.loads(parent) if parent != b"{}" else {},
+                "content": json.loads(content),
+            }
+        except ValueError:
+            return None
 
     def _drain(self) -> None:
         """Drop what is still queued from earlier requests (late replies, stray output)."""
