@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 
-from execbox._models import BatchRequest, BatchResponse, BatchResult, BatchSummary
+from execbox._models import BatchRequest, BatchResponse, BatchResult
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, on_client_disconnect
+from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
-from execbox_server.errors import RequestTooLarge, ServiceError
+from execbox_server.errors import RequestTooLarge
 from execbox_server.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["batch"])
@@ -59,39 +58,10 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
     summary="Run many programs; stream each result as NDJSON in completion order",
 )
 async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
-    from fastapi.responses import StreamingResponse
-
-    from execbox._models import ErrorBody, ErrorEnvelope
-
     _check(body, services.settings)
     # Taken now so that "no worker free" is a 503 with Retry-After, not a line in a 200 stream.
     first = await services.batch.reserve(owner)
-    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1024)
-
-    async def on_result(result: BatchResult) -> None:
-        await queue.put(result.model_dump_json() + "\n")
-
-    async def runner() -> None:
-        try:
-            summary: BatchSummary = await services.batch.run(
-                owner, body.jobs, on_result, concurrency=body.concurrency, first=first
-            )
-            await queue.put(summary.model_dump_json() + "\n")
-        except ServiceError as exc:
-            await queue.put(ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n")
-        finally:
-            await queue.put(None)
-
-    task = asyncio.get_running_loop().create_task(runner())
-    services.tasks.add(task)
-    task.add_done_callback(services.tasks.discard)
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            while (line := await queue.get()) is not None:
-                yield line
-        finally:
-            if not task.done():
-                task.cancel()  # the client went away: stop feeding workers
-
-    return StreamingResponse(stream(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
+    return ndjson_stream(
+        lambda emit: services.batch.run(owner, body.jobs, emit, concurrency=body.concurrency, first=first),
+        tasks=services.tasks,  # a client that goes away cancels the batch: workers stop being fed
+    )

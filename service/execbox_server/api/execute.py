@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from execbox._models import Execution, OneShotRequest
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
+from execbox_server.api.streaming import NDJSON, done_event, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1", tags=["execute"])
@@ -35,8 +35,8 @@ async def execute_stream(body: OneShotRequest, services: ServicesDep, owner: Own
     kernel, limits = await services.sessions.lease_one_shot(body)
     interrupted = asyncio.Event()
     return ndjson_stream(
-        lambda on_event: services.sessions.run_one_shot(
-            kernel, limits, body.code, on_event=on_event, interrupted=interrupted
+        lambda emit: done_event(
+            services.sessions.run_one_shot(kernel, limits, body.code, on_event=emit, interrupted=interrupted)
         ),
         on_disconnect=interrupted.set,
         tasks=services.tasks,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from execbox._models import ExecuteRequest, Execution, SessionCreate, SessionInfo
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
+from execbox_server.api.streaming import NDJSON, done_event, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -86,7 +86,7 @@ async def execute_stream(session_id: str, body: ExecuteRequest, services: Servic
             session.interrupt.set()
 
     return ndjson_stream(
-        lambda on_event: services.sessions.run_reserved(session, body, on_event),
+        lambda emit: done_event(services.sessions.run_reserved(session, body, emit)),
         on_disconnect=on_disconnect,
         tasks=services.tasks,
     )

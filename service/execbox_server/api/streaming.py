@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution, ExecutionEvent
+from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution
 from execbox_server.errors import ServiceError
 
 __all__ = ["NDJSON", "model_response", "ndjson_stream", "on_client_disconnect"]
@@ -54,37 +54,44 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
+Emit = Callable[[BaseModel], Awaitable[None]]
+
+
+async def done_event(execution: Awaitable[Execution]) -> DoneEvent:
+    """The last line of an execution stream: ``done`` with the whole Execution."""
+    return DoneEvent(execution=await execution)
+
+
 def ndjson_stream(
-    run: Callable[[Callable[[ExecutionEvent], Awaitable[None]]], Awaitable[Execution]],
+    run: Callable[[Emit], Awaitable[BaseModel]],
     *,
-    on_disconnect: Callable[[], None],
     tasks: set[asyncio.Task[None]],
+    on_disconnect: Callable[[], None] | None = None,
 ) -> StreamingResponse:
-    """Start ``run`` now and stream its events; a client that goes away triggers ``on_disconnect``.
+    """Start ``run(emit)`` now; stream each model it emits, then the model it returns, as NDJSON.
 
-    A service failure after the stream started (rare: the response status is already sent)
-    ends the stream with one ``{"error": {...}}`` line instead of ``done``.
+    A client that goes away triggers ``on_disconnect`` (default: cancel ``run``). A service
+    failure after the stream started (the status is already sent) ends the stream with one
+    ``{"error": {...}}`` line instead of the last model. The queue is bounded: a slow reader
+    slows the producer instead of growing the server's memory.
     """
-    # Bounded by the executor's output caps: only kept output becomes events.
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1024)
 
-    async def on_event(event: ExecutionEvent) -> None:
-        queue.put_nowait(event.model_dump_json() + "\n")
+    async def emit(model: BaseModel) -> None:
+        await queue.put(model.model_dump_json() + "\n")
 
     async def runner() -> None:
         try:
-            execution = await run(on_event)
-            queue.put_nowait(DoneEvent(execution=execution).model_dump_json() + "\n")
+            last = await run(emit)
+            await queue.put(last.model_dump_json() + "\n")
         except ServiceError as exc:
-            queue.put_nowait(
-                ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n"
-            )
+            await queue.put(ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n")
         except Exception:
-            log.exception("execution stream failed")
-            body = ErrorBody(code="internal_error", message="the execution failed inside the service")
-            queue.put_nowait(ErrorEnvelope(error=body).model_dump_json() + "\n")
+            log.exception("stream failed")
+            body = ErrorBody(code="internal_error", message="the request failed inside the service")
+            await queue.put(ErrorEnvelope(error=body).model_dump_json() + "\n")
         finally:
-            queue.put_nowait(None)
+            await queue.put(None)
 
     task = asyncio.get_running_loop().create_task(runner())
     tasks.add(task)  # keep a reference: the loop holds tasks weakly
@@ -96,6 +103,9 @@ def ndjson_stream(
                 yield line
         finally:
             if not task.done():
-                on_disconnect()
+                if on_disconnect is not None:
+                    on_disconnect()
+                else:
+                    task.cancel()
 
     return StreamingResponse(body(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
