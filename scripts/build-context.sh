@@ -47,5 +47,7 @@ if [ -z "${EXECBOX_BASE_IMAGE:-}" ]; then
 else
   base=$EXECBOX_BASE_IMAGE
 fi
-echo "EXECBOX_BASE_IMAGE=$base" > "$root/.build/.env"
+# The same inputs label build.sh puts on the image, so either build counts as up to date.
+inputs_hash=$(cd "$root/sandbox_images/python" && cat Dockerfile requirements.txt ./*.py | sha256sum | cut -c1-16)
+printf 'EXECBOX_BASE_IMAGE=%s\nEXECBOX_SANDBOX_INPUTS=%s\n' "$base" "$inputs_hash" > "$root/.build/.env"
 log "contexts ready in .build/ (base $base)"

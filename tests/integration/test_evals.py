@@ -117,3 +117,29 @@ def test_execbox_format_labels_sections_and_counts_cuts(client: Client) -> None:
         assert "[... 9800 characters of stdout omitted ...]" in long
         silent = render_feedback(s.run("z = 2"))
         assert silent.startswith("[no output]")
+
+
+def test_cli_eval_generates_samples_from_a_model_endpoint_then_evaluates(url: str, tmp_path: Path) -> None:
+    from execbox.evals.generate import INSTRUCTION
+    from execbox_server.fake_llm import fake_llm
+
+    problems = load_humaneval()
+    script = {}
+    for i, (_task_id, p) in enumerate(problems.items()):
+        # Even tasks: the model restates the whole function correctly; odd ones: it returns None.
+        body = p.canonical_solution if i % 2 == 0 else "    return None\n"
+        script[INSTRUCTION + p.prompt] = [f"Here you go:\n```python\n{p.prompt}{body}```"]
+    samples = tmp_path / "generated.jsonl"
+    exe = os.path.join(os.path.dirname(sys.executable), "execbox")
+    with fake_llm(script) as (llm_url, requests):
+        out = subprocess.run(
+            [exe, "eval", "humaneval", "--samples", str(samples), "--llm-url", llm_url, "--model", "m", "--k", "1"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "EXECBOX_URL": url},
+            timeout=300,
+        )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pass@1: 0.500"
+    assert len(requests) == 164 and all(r["temperature"] == 0.0 for r in requests)
+    assert sum(1 for _ in samples.open()) == 164

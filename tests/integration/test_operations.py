@@ -164,8 +164,10 @@ def test_sigterm_lets_running_executions_finish_then_removes_every_container(tmp
     result: dict[str, object] = {}
 
     def long_run() -> None:
-        with Client(server.url) as client, client.session() as s:
+        with Client(server.url) as client:
+            s = client.session()
             result["ex"] = s.run("import time; time.sleep(2); print('finished')")
+            # No delete afterwards: the server is shutting down and removes the sandbox itself.
 
     thread = threading.Thread(target=long_run)
     thread.start()

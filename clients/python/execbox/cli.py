@@ -160,7 +160,17 @@ def _parser() -> argparse.ArgumentParser:
         "given with --problems.",
     )
     ev.add_argument("benchmark", choices=["humaneval", "mbpp", "custom"])
-    ev.add_argument("--samples", required=True, help="JSONL of {task_id, completion | solution}")
+    ev.add_argument(
+        "--samples",
+        required=True,
+        help="JSONL of {task_id, completion | solution}; with --llm-url it is written first from the model",
+    )
+    ev.add_argument("--llm-url", help="generate the samples from this OpenAI-compatible endpoint first")
+    ev.add_argument("--model", help="model name (with --llm-url)")
+    ev.add_argument("--llm-api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
+    ev.add_argument("--n", type=int, default=1, help="samples per problem when generating (default 1)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ev.add_argument("--max-tokens", type=int, default=1024)
     ev.add_argument("--problems", help="problem file (required for mbpp and custom)")
     ev.add_argument("--k", default="1,10,100", help="comma-separated k values (default 1,10,100)")
     ev.add_argument("--timeout", type=float, default=3.0, help="time limit per sample, seconds (default 3)")
@@ -388,6 +398,23 @@ def _eval(args: argparse.Namespace) -> int:
         return EXIT_SERVICE
     else:
         problems = load_problems(args.problems)
+    if args.llm_url:
+        if not args.model:
+            print("execbox: --llm-url needs --model", file=sys.stderr)
+            return EXIT_SERVICE
+        from execbox.evals.generate import generate_samples
+
+        llm = ChatClient(
+            base_url=args.llm_url,
+            model=args.model,
+            api_key=args.llm_api_key,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+        )
+        generated = generate_samples(llm, problems, n=args.n)
+        with open(args.samples, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(sample) + "\n" for sample in generated)
+        print(f"{len(generated)} samples generated into {args.samples}", file=sys.stderr)
     try:
         samples = read_samples(args.samples)
     except (OSError, ValueError) as exc:

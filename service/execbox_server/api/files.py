@@ -38,6 +38,7 @@ class SandboxUnavailable(ServiceError):
 
 
 _BY_CODE: dict[str, type[ServiceError]] = {
+    "sandbox_unavailable": SandboxUnavailable,
     "invalid_path": FileError,
     "file_not_found": FileNotFound,
     "file_too_large": FileTooLarge,
@@ -45,6 +46,8 @@ _BY_CODE: dict[str, type[ServiceError]] = {
 
 
 async def _files(services: ServicesDep, session: Session, op: str, path: str, data: bytes | None = None) -> Any:
+    if "\x00" in path or len(path.encode("utf-8", "surrogatepass")) > 1024:
+        raise FileError("a path must be at most 1024 bytes and contain no NUL character")
     if session.kernel is None:
         raise SandboxUnavailable("the session's sandbox is being replaced; retry in a moment", retry_after=1)
     session.touch()

@@ -485,17 +485,19 @@ class DockerBackend:
         """
         token = secrets.token_hex(8)
         xfer = kernel.files.host_dir / f"xfer-{token}"
+        argv = [op, path, f"{kernel.files.container_dir}/xfer-{token}", str(self._settings.max_file_bytes)]
+        command = ["/opt/venv/bin/python", "-I", "-c", _FILES, *argv]
         try:
             if data is not None:
                 xfer.write_bytes(data)
                 os.chown(xfer, SANDBOX_UID, SANDBOX_UID)
-            argv = [op, path, f"{kernel.files.container_dir}/xfer-{token}", str(self._settings.max_file_bytes)]
-            exec_id = await self._call(
-                lambda: self._docker.api.exec_create(
-                    kernel.container_id, ["/opt/venv/bin/python", "-I", "-c", _FILES, *argv], user=str(SANDBOX_UID)
-                )["Id"]
-            )
-            out = await self._call(lambda: self._docker.api.exec_start(exec_id, demux=True))
+            try:
+                exec_id = await self._call(
+                    lambda: self._docker.api.exec_create(kernel.container_id, command, user=str(SANDBOX_UID))["Id"]
+                )
+                out = await self._call(lambda: self._docker.api.exec_start(exec_id, demux=True))
+            except docker.errors.APIError as exc:
+                raise FileRequestError("sandbox_unavailable", f"the sandbox refused: {exc.explanation}") from exc
             stdout = (out[0] or b"") if isinstance(out, tuple) else out
             try:
                 answer = json.loads(stdout.decode("utf-8", "replace").strip().splitlines()[-1])
