@@ -96,7 +96,7 @@ class ExecLimits:
     interrupt_grace_s: float
     max_output_bytes: int
     max_results: int = 50
-    max_output_messages: int = 20_000
+    max_output_messages: int = 10_000
 
     @property
     def rich_budget(self) -> int:
@@ -244,7 +244,8 @@ class _Collector:
             results=self.results,
             execution_count=self.reply.execution_count if self.reply else None,
             duration_ms=round((time.monotonic() - started) * 1000, 3),
-            truncated=truncation.any,
+            # Stopping a flood cuts its output short even when nothing received was dropped.
+            truncated=truncation.any or status is ExecutionStatus.OUTPUT_LIMIT,
             truncation=truncation,
             state_lost=state_lost,
             kernel_restarted=state_lost,

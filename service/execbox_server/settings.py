@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         16_777_216, ge=1024, description="Largest output budget a session or request may ask for."
     )
     max_output_messages: int = Field(
-        20_000,
+        10_000,
         ge=100,
         description="Output messages after which an execution is stopped (status output_limit).",
     )

@@ -50,7 +50,7 @@ from execbox._models import (
     parse_event,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "Callbacks", "ClientConfig", "is_unsent"]
+__all__ = ["DEFAULT_TIMEOUT", "Callbacks", "ClientConfig", "MapCollector", "is_unsent"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -158,10 +158,9 @@ class ClientConfig:
         line = line.strip()
         if not line:
             return None
+        _raise_error_line(line, "batch")
         try:
             data = json.loads(line)
-            if "error" in data and "type" not in data:
-                raise make_status_error(503, str(data["error"]["code"]), str(data["error"]["message"]))
             if data.get("type") == "summary":
                 return BatchSummary.model_validate(data)
             return BatchResult.model_validate(data)
@@ -221,12 +220,7 @@ class ClientConfig:
         line = line.strip()
         if not line:
             return None
-        if line.startswith('{"error"'):
-            try:
-                error = json.loads(line)["error"]
-                raise make_status_error(503, str(error["code"]), str(error["message"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StreamError(f"malformed error line in the execution stream: {line[:200]!r}") from exc
+        _raise_error_line(line, "execution")
         try:
             return parse_event(line)
         except ValidationError as exc:
@@ -282,6 +276,51 @@ _JOB_TO_EXECUTION = {
     JobStatus.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
     JobStatus.CRASHED: ExecutionStatus.KERNEL_DIED,
 }
+
+
+def _raise_error_line(line: str, stream: str) -> None:
+    """Raise the mapped APIStatusError when ``line`` is the error envelope that ends a stream."""
+    if not line.startswith('{"error"'):
+        return
+    try:
+        error = json.loads(line)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StreamError(f"malformed error line in the {stream} stream: {line[:200]!r}") from exc
+    raise make_status_error(503, code, message)
+
+
+class MapCollector:
+    """The I/O-free part of ``map``: the jobs, results put back in input order, a progress bar."""
+
+    def __init__(self, codes: Sequence[str], *, timeout_s: float | None, memory_mb: int | None, progress: bool) -> None:
+        self.jobs = [{"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb} for code in codes]
+        self._out: list[Execution | None] = [None] * len(codes)
+        self._bar = _progress(len(codes)) if progress else None
+
+    def add(self, result: BatchResult) -> None:
+        self._out[result.index] = ClientConfig.execution_from_batch(result)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def fail(self, error: ExecboxError) -> None:
+        """Every input without a result yet gets ``error`` as data."""
+        failure = ClientConfig.failure_execution(error)
+        self._out = [item if item is not None else failure for item in self._out]
+
+    def finish(self) -> list[Execution]:
+        if self._bar is not None:
+            self._bar.close()
+        self.fail(ClientConfig.missing_summary())
+        return [item for item in self._out if item is not None]
+
+
+def _progress(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("progress=True needs tqdm: pip install 'execbox[progress]'") from exc
+    return tqdm(total=total, unit="exec")
 
 
 def is_unsent(exc: httpx.HTTPError) -> bool:

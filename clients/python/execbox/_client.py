@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from execbox._base import Callbacks, ClientConfig, is_unsent
+from execbox._base import Callbacks, ClientConfig, MapCollector, is_unsent
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import (
     BatchJob,
@@ -32,16 +32,6 @@ __all__ = ["AsyncClient", "AsyncSession", "AsyncSessions", "Client", "Session", 
 
 OnText = Callable[[str], object]
 OnResult = Callable[[Result], object]
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("progress=True needs tqdm: pip install 'execbox[progress]'") from exc
-    return tqdm(total=total, unit="exec")
 
 
 # ====================================================================== sync
@@ -150,21 +140,13 @@ class Client:
         gets an Execution with status ``error`` whose ``error.name`` is the SDK exception's
         class name.
         """
-        jobs = [{"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb} for code in codes]
-        out: list[Execution | None] = [None] * len(codes)
-        bar = _progress(len(codes), progress)
+        collector = MapCollector(codes, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress)
         try:
-            for result in self.batch_stream(jobs, concurrency=concurrency):
-                out[result.index] = self._cfg.execution_from_batch(result)
-                if bar is not None:
-                    bar.update(1)
+            for result in self.batch_stream(collector.jobs, concurrency=concurrency):
+                collector.add(result)
         except ExecboxError as exc:
-            failure = self._cfg.failure_execution(exc)
-            out = [item if item is not None else failure for item in out]
-        finally:
-            if bar is not None:
-                bar.close()
-        return [item if item is not None else self._cfg.failure_execution(self._cfg.missing_summary()) for item in out]
+            collector.fail(exc)
+        return collector.finish()
 
     def batch(
         self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None
@@ -516,21 +498,13 @@ class AsyncClient:
         progress: bool = False,
     ) -> list[Execution]:
         """Run many programs, each in its own fresh process (see :meth:`Client.map`)."""
-        jobs = [{"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb} for code in codes]
-        out: list[Execution | None] = [None] * len(codes)
-        bar = _progress(len(codes), progress)
+        collector = MapCollector(codes, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress)
         try:
-            async for result in self.batch_stream(jobs, concurrency=concurrency):
-                out[result.index] = self._cfg.execution_from_batch(result)
-                if bar is not None:
-                    bar.update(1)
+            async for result in self.batch_stream(collector.jobs, concurrency=concurrency):
+                collector.add(result)
         except ExecboxError as exc:
-            failure = self._cfg.failure_execution(exc)
-            out = [item if item is not None else failure for item in out]
-        finally:
-            if bar is not None:
-                bar.close()
-        return [item if item is not None else self._cfg.failure_execution(self._cfg.missing_summary()) for item in out]
+            collector.fail(exc)
+        return collector.finish()
 
     async def batch(
         self, jobs: Sequence[BatchJob | dict[str, Any] | str], *, concurrency: int | None = None

@@ -49,6 +49,8 @@ LABEL_MANAGED = "execbox.managed"
 LABEL_INSTANCE = "execbox.instance"
 LABEL_KERNEL = "execbox.kernel"
 LABEL_ROLE = "execbox.role"
+SPARE_CPU_SHARES = 128
+ACTIVE_CPU_SHARES = 1024
 SANDBOX_UID = 1000
 
 T = TypeVar("T")
@@ -211,6 +213,7 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._lock_fd: int | None = None
         self._kernels_dir = settings.state_dir / self.instance_id
+        self._background: set[asyncio.Task[None]] = set()
         # The sandbox cuts its own messages at the output limit (in characters); allow for
         # JSON escaping and the envelope before ZMQ refuses a message outright.
         self._max_message_bytes = 6 * settings.max_output_bytes_limit + 1_048_576
@@ -407,12 +410,23 @@ class DockerBackend:
         kernel.cgroup = {}
         await self._remove_quietly(kernel.container_id, kernel.files)
 
+    async def activate(self, kernel: DockerKernel) -> None:
+        """Give a leased kernel the normal CPU weight (spares run at a low one). Never raises."""
+        with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
+            await self._call(
+                lambda: self._docker.api.update_container(kernel.container_id, cpu_shares=ACTIVE_CPU_SHARES)
+            )
+
     async def update_limits(self, kernel: DockerKernel, spec: SandboxSpec) -> None:
         """Change a running sandbox's memory and CPU limits (used when a session asks for its own).
 
         Raises:
             InvalidLimits: the engine refused the limits (e.g. memory below what the kernel uses).
         """
+        # Off the request's path: the first cells may run at the spare weight for a few ms.
+        task = asyncio.get_running_loop().create_task(self.activate(kernel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         if spec == kernel.spec:
             return
         mem = f"{spec.memory_mb}m"
@@ -584,6 +598,9 @@ class DockerBackend:
             # container, which is how a warm kernel gets a session's own CPU limit.
             "cpu_period": 100_000,
             "cpu_quota": int(spec.cpus * 100_000),
+            # Spares start at a low CPU weight: starting one costs ~1 s of CPU, which must not be
+            # taken from sessions that are running code. Raised when the kernel is leased.
+            "cpu_shares": SPARE_CPU_SHARES,
             "ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
             "ipc_mode": "private",
             # Its own cgroup namespace: the sandbox sees "/" instead of the engine's paths.
