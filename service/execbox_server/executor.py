@@ -43,6 +43,7 @@ from execbox_server.kernel import (
     Idle,
     KernelConnection,
     KernelEvent,
+    KernelNotReady,
     Reply,
     Stream,
 )
@@ -97,6 +98,7 @@ class ExecLimits:
     max_output_bytes: int
     max_results: int = 50
     max_output_messages: int = 10_000
+    max_messages_per_s: int = 1_000
 
     @property
     def rich_budget(self) -> int:
@@ -127,16 +129,27 @@ class _Collector:
         self.idle = False
         self.messages = 0
         self.received_bytes = 0
+        self._window_start = time.monotonic()
+        self._window_count = 0
+
+    def _count_message(self) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+        self.messages += 1
 
     @property
     def flooding(self) -> bool:
         return (
-            self.messages > self.limits.max_output_messages or self.received_bytes > 16 * self.limits.max_output_bytes
+            self.messages > self.limits.max_output_messages
+            or self._window_count > self.limits.max_messages_per_s
+            or self.received_bytes > 16 * self.limits.max_output_bytes
         )
 
     async def feed(self, event: KernelEvent) -> None:
         if isinstance(event, Stream):
-            self.messages += 1
+            self._count_message()
             self.received_bytes += len(event.text)
             name = "stdout" if event.name == "stdout" else "stderr"
             self.sandbox_dropped[name] += event.dropped
@@ -146,7 +159,7 @@ class _Collector:
                 cls = StdoutEvent if name == "stdout" else StderrEvent
                 await self.on_event(cls(text=kept))
         elif isinstance(event, Display):
-            self.messages += 1
+            self._count_message()
             await self._display(event)
         elif isinstance(event, Error):
             self.error = self._error(event.ename, event.evalue, event.traceback)
@@ -369,11 +382,19 @@ class Executor:
                 f"{col.received_bytes} bytes) and was stopped"
             ),
         }[reason]
-        # Step 1: ask politely on the control channel; step 2: SIGINT via the init.
-        for step in (1, 2):
+        muted = col.flooding
+        if muted:
+            # Stop listening to the flood while it is being stopped: parsing what is still in
+            # flight would cost the server a core that other sessions need.
+            col.sandbox_dropped["stdout"] += kernel.conn.mute_output()
+        # Step 1: ask politely on the control channel; step 2: SIGINT via the init. A flood
+        # gets one short chance: a kernel that printed this much has a backlog that takes
+        # seconds of CPU to drain, which its neighbours would pay for.
+        steps = (1,) if reason is ExecutionStatus.OUTPUT_LIMIT else (1, 2)
+        for step in steps:
             if step == 1:
                 kernel.conn.interrupt()
-                grace = limits.interrupt_grace_s
+                grace = limits.interrupt_grace_s if reason is not ExecutionStatus.OUTPUT_LIMIT else 0.5
             else:
                 # The control thread may be dead (fd exhaustion, a broken kernel): a signal
                 # through the init needs nothing from the kernel. Short: it rarely helps.
@@ -386,10 +407,16 @@ class Executor:
                     await col.feed(event)
                 elif event is not None:
                     col.discard(event)  # still flooding: count it, keep only what ends the request
+            if col.reply is not None and muted:
+                # Listen again, and make sure the output stream is back before the next cell.
+                try:
+                    await kernel.conn.unmute_output(timeout=max(1.0, limits.interrupt_grace_s))
+                except KernelNotReady:
+                    break  # no output stream: replace the kernel below
             if col.reply is not None:
                 # Collect the output the interrupt produced (the KeyboardInterrupt traceback).
                 idle_end = time.monotonic() + 0.5
-                while not col.idle and time.monotonic() < idle_end:
+                while not col.idle and not muted and time.monotonic() < idle_end:
                     event = await kernel.conn.next_event(msg_id, max(0.01, idle_end - time.monotonic()))
                     if event is None:
                         break

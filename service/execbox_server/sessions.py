@@ -337,6 +337,7 @@ class SessionManager:
             max_output_bytes=max_output_bytes,
             max_results=s.max_results,
             max_output_messages=s.max_output_messages,
+            max_messages_per_s=s.max_output_rate,
         )
 
     def _record(self, kind: str, outcome: ExecOutcome, session_id: str | None) -> None:

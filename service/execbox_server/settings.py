@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         ge=100,
         description="Output messages after which an execution is stopped (status output_limit).",
     )
+    max_output_rate: int = Field(
+        1_000, ge=10, description="Output messages per second after which an execution is stopped (output_limit)."
+    )
     max_results: int = Field(50, ge=1, description="Rich results kept per execution.")
     max_code_bytes: int = Field(1_000_000, ge=1, description="Largest code accepted in a request.")
 

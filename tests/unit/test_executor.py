@@ -31,6 +31,13 @@ class FakeConn:
     def execute(self, code: str) -> str:
         return "msg-1"
 
+    def mute_output(self) -> int:
+        self.muted = True
+        return 0
+
+    async def unmute_output(self, timeout: float) -> None:
+        self.muted = False
+
     def interrupt(self) -> None:
         self.interrupts += 1
         if self.obeys_interrupt:

@@ -168,6 +168,32 @@ class KernelConnection:
             replied = replied or isinstance(event, Reply)
             idle = idle or isinstance(event, Idle)
 
+    def mute_output(self) -> int:
+        """Unsubscribe from IOPub and drop what is queued, unparsed; returns the bytes dropped.
+
+        A subscriber that has unsubscribed gets nothing more from the publisher, so a flood
+        stops costing the server anything at once.
+        """
+        self._iopub.setsockopt(zmq.UNSUBSCRIBE, b"")
+        dropped = 0
+        for _ in range(100_000):
+            future = cast("asyncio.Future[list[bytes]]", self._iopub.recv_multipart(zmq.NOBLOCK, copy=True))
+            if not future.done() or future.exception() is not None:
+                if not future.done():
+                    future.cancel()
+                break
+            dropped += sum(len(frame) for frame in future.result())
+        return dropped
+
+    async def unmute_output(self, timeout: float) -> None:
+        """Subscribe again and wait until IOPub delivers (a kernel_info round trip).
+
+        Raises:
+            KernelNotReady: the output stream did not come back in time.
+        """
+        self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        await self.wait_ready(timeout)
+
     def close(self) -> None:
         if self._closed:
             return
