@@ -187,24 +187,14 @@ class Client:
 
     # ------------------------------------------------------------------ transport
 
-    def _request_raw(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
-        """A request with a raw body (files): sent once, never retried."""
-        self._check_open()
-        try:
-            response = self._http.request(
-                method,
-                self._cfg.base_url + path,
-                content=content,
-                headers=self._cfg.headers(),
-                timeout=self._cfg.http_timeout(),
-            )
-        except httpx.HTTPError as exc:
-            raise self._cfg.translate(exc) from exc
-        self._cfg.check(response)
-        return response
-
     def _request(
-        self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         self._check_open()
         attempt = 0
@@ -214,6 +204,7 @@ class Client:
                     method,
                     self._cfg.base_url + path,
                     json=json,
+                    content=content,
                     headers=self._cfg.headers(),
                     timeout=timeout or self._cfg.http_timeout(),
                 )
@@ -364,14 +355,12 @@ class Session:
             InvalidRequestError (absolute path, ``..``, a symlink on the way), RequestTooLargeError.
         """
         content = data.encode() if isinstance(data, str) else data
-        response = self._client._request_raw(
-            "PUT", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}", content=content
-        )
+        response = self._client._request("PUT", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}", content=content)
         return FileInfo.model_validate_json(response.content)
 
     def download(self, path: str) -> bytes:
         """The bytes of ``path`` (e.g. a CSV or a PNG the code wrote). Raises NotFoundError when missing."""
-        return self._client._request_raw("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}").content
+        return self._client._request("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}").content
 
     def list_files(self, directory: str = "") -> list[FileInfo]:
         """Entries of ``directory`` (default: the working directory itself)."""
@@ -532,24 +521,14 @@ class AsyncClient:
         """``async with client.session() as s:`` creates a session and deletes it on exit."""
         return _AsyncSessionContext(self, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
 
-    async def _request_raw(self, method: str, path: str, *, content: bytes | None = None) -> httpx.Response:
-        """A request with a raw body (files): sent once, never retried."""
-        self._check_open()
-        try:
-            response = await self._http.request(
-                method,
-                self._cfg.base_url + path,
-                content=content,
-                headers=self._cfg.headers(),
-                timeout=self._cfg.http_timeout(),
-            )
-        except httpx.HTTPError as exc:
-            raise self._cfg.translate(exc) from exc
-        self._cfg.check(response)
-        return response
-
     async def _request(
-        self, method: str, path: str, *, json: Any = None, timeout: httpx.Timeout | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         self._check_open()
         attempt = 0
@@ -559,6 +538,7 @@ class AsyncClient:
                     method,
                     self._cfg.base_url + path,
                     json=json,
+                    content=content,
                     headers=self._cfg.headers(),
                     timeout=timeout or self._cfg.http_timeout(),
                 )
@@ -697,13 +677,13 @@ class AsyncSession:
 
     async def upload(self, path: str, data: bytes | str) -> FileInfo:
         content = data.encode() if isinstance(data, str) else data
-        response = await self._client._request_raw(
+        response = await self._client._request(
             "PUT", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}", content=content
         )
         return FileInfo.model_validate_json(response.content)
 
     async def download(self, path: str) -> bytes:
-        return (await self._client._request_raw("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}")).content
+        return (await self._client._request("GET", f"/v1/sessions/{self.id}/files/{quote(path, safe='')}")).content
 
     async def list_files(self, directory: str = "") -> list[FileInfo]:
         response = await self._client._request("GET", f"/v1/sessions/{self.id}/files?dir={quote(directory)}")
