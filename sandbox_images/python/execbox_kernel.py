@@ -124,7 +124,7 @@ def _install_output_caps() -> None:
     Session.send = send  # type: ignore[method-assign]
 
 
-SANDBOX_UID = 1000
+SANDBOX_UID = 90000  # the image's sandbox user (Dockerfile); no host user has it
 
 
 def _drop_privileges() -> None:

@@ -32,6 +32,7 @@ K = TypeVar("K")
 
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 10.0
+_HEALTH_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,12 @@ class KernelPool(Generic[K]):
     # ------------------------------------------------------------------ public
 
     def start(self) -> None:
-        """Begin filling the pool in the background."""
+        """Begin filling the pool in the background, and watching the spares' health."""
         self._check_open()
         self._fill()
+        task = asyncio.get_running_loop().create_task(self._watch_ready())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def warm(self) -> bool:
@@ -119,11 +123,19 @@ class KernelPool(Generic[K]):
         Raises:
             PoolClosed: the pool is shutting down.
             PoolExhausted: no kernel became free in time (carries a Retry-After hint).
-            EngineUnavailable: kernels cannot be started because the engine is down.
+            EngineUnavailable: the engine is unreachable (no kernel is handed out then), or
+                kernels cannot be started because it is down.
         """
         self._check_open()
-        if self._ready:
+        await self._backend.check_engine()
+        self._check_open()
+        while self._ready:
             kernel = self._ready.popleft()
+            if self._backend.sandbox_alive(kernel) is False:
+                # Died since the last health check: never hand out a kernel whose sandbox is gone.
+                log.warning("a ready kernel's sandbox is gone; discarding it")
+                self._discard_ready(kernel)
+                continue
             self._leased.add(kernel)
             self._fill()
             return kernel
@@ -255,6 +267,22 @@ class KernelPool(Generic[K]):
             return
         self._ready.append(kernel)
         self._serve_waiters()
+        self._fill()
+
+    async def _watch_ready(self) -> None:
+        """Drop spares whose sandbox died (killed from outside, the engine restarted), so the
+        pool's counts stay true and replacements start before anyone asks for them."""
+        while not self._closed:
+            await asyncio.sleep(_HEALTH_INTERVAL_S)
+            for kernel in [k for k in self._ready if self._backend.sandbox_alive(k) is False]:
+                log.warning("a ready kernel's sandbox is gone; discarding it")
+                self._ready.remove(kernel)
+                self._discard_ready(kernel)
+
+    def _discard_ready(self, kernel: K) -> None:
+        task = asyncio.get_running_loop().create_task(self._backend.destroy(kernel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         self._fill()
 
     def _serve_waiters(self) -> None:

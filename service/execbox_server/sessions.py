@@ -27,7 +27,14 @@ from execbox._models import (
     SessionLimits,
 )
 from execbox_server.backends.base import SandboxSpec
-from execbox_server.errors import InvalidLimits, PoolClosed, SessionBusy, SessionLimitReached, SessionNotFound
+from execbox_server.errors import (
+    InvalidLimits,
+    PoolClosed,
+    ServiceError,
+    SessionBusy,
+    SessionLimitReached,
+    SessionNotFound,
+)
 from execbox_server.executor import ExecLimits, ExecOutcome, Executor, OnEvent
 from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
@@ -57,6 +64,9 @@ class Session:
     interrupt: asyncio.Event | None = None
     executions: int = 0
     closed: bool = False
+    # Why the kernel was replaced without an Execution saying so (an execution that failed
+    # inside the service); the next Execution reports it as state_lost, never silently.
+    lost_reason: str | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -89,6 +99,16 @@ class Session:
             execution_count=self.executions,
             sandbox_id=getattr(self.kernel, "short_id", None),
         )
+
+
+def _session_state(session: Session) -> str:
+    """What a failed request did to the session, appended to its error message."""
+    if session.lost_reason is not None:
+        return (
+            " The session still exists but its kernel was replaced: variables are lost,"
+            " and its next execution reports state_lost."
+        )
+    return " The session still exists; retry later."
 
 
 class SessionManager:
@@ -206,7 +226,11 @@ class SessionManager:
             timeout = self._timeout(request.timeout_s, session.limits.timeout_s)
             session.touch()
             if session.kernel is None:
-                session.kernel = await self._lease(session.limits)
+                try:
+                    session.kernel = await self._lease(session.limits)
+                except ServiceError as exc:
+                    exc.message += _session_state(session)
+                    raise
             session.interrupt = asyncio.Event()
             try:
                 outcome = await self._executor.run(
@@ -216,21 +240,37 @@ class SessionManager:
                     on_event=on_event,
                     interrupted=session.interrupt,
                 )
-            except BaseException:
-                # Cancelled mid-execution: the kernel's state is unknown, so it is retired.
+            except BaseException as exc:
+                # Cancelled or failed mid-execution: the kernel's state is unknown, so it is
+                # retired, and the next Execution says so.
                 await asyncio.shield(self._retire_kernel(session))
+                session.lost_reason = "an earlier execution failed inside the service and its kernel was replaced"
+                if isinstance(exc, ServiceError):
+                    exc.message += _session_state(session)
                 raise
             finally:
                 session.interrupt = None
             session.executions += 1
+            execution = outcome.execution
+            if session.lost_reason is not None and not execution.state_lost:
+                note = f"{session.lost_reason}; variables defined before it are lost"
+                execution = execution.model_copy(
+                    update={
+                        "state_lost": True,
+                        "kernel_restarted": True,
+                        "message": f"{execution.message}; {note}" if execution.message else note,
+                    }
+                )
+            session.lost_reason = None
             self._record("session", outcome, session.id)
             if not outcome.kernel_usable:
                 await asyncio.shield(self._retire_kernel(session))
                 if not session.closed:
-                    # A failure here leaves kernel=None; the next execute leases again.
+                    # A failure here leaves kernel=None; the next execute leases again (the
+                    # loss was reported by this very Execution).
                     with contextlib.suppress(Exception):
                         session.kernel = await self._lease(session.limits)
-            return outcome.execution
+            return execution
         finally:
             session.touch()
             session.unreserve()

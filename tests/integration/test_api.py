@@ -307,7 +307,7 @@ def test_container_is_locked_down(http: httpx.Client) -> None:
             "try:\n    open('/proc/1/fd/1', 'w')\nexcept OSError as e:\n    print('init stdout', e.errno)",
         )
         assert ex["stdout"].splitlines() == [
-            "1000",
+            "90000",
             "ro 30",
             "['lo']",
             "0000000000000000 0000000000000000 1",

@@ -3,18 +3,23 @@ service killed with SIGKILL and restarted."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import docker
 import httpx
+import pytest
 
-from execbox import Client
+from execbox import Client, ServiceUnavailableError
 from execbox_server.testing import LocalServer, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -114,12 +119,15 @@ def test_engine_outage_gives_503_engine_unavailable_and_the_service_recovers(tmp
     )
     try:
         with Client(server.url, max_retries=0) as client:
+            open_session = client.session()
+            open_session.run("x = 41")
             proxy.stop()
             ready = httpx.get(server.url + "/readyz")
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "engine_unavailable"
-            # The warm kernel still serves: it is reached over IPC, not through the engine.
-            warm = client.session()
-            assert warm.run("1 + 1").text == "2"
+            # An open session keeps its kernel, reached over IPC, not through the engine.
+            ex = open_session.run("x + 1")
+            assert ex.text == "42" and not ex.state_lost, ex
+            # No new kernel is handed out while its sandbox could not be killed or removed.
             r = httpx.post(server.url + "/v1/sessions", json={}, timeout=30)
             assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
             assert "Retry-After" in r.headers
@@ -127,12 +135,91 @@ def test_engine_outage_gives_503_engine_unavailable_and_the_service_recovers(tmp
             wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 30, "readiness after outage")
             with client.session() as s:
                 assert s.run("print('recovered')").stdout == "recovered\n"
-            warm.close()
+            assert open_session.run("x").text == "41"
+            open_session.close()
     finally:
         proxy.stop()
         proxy.start()  # let the server remove its containers on the way out
         server.stop()
         proxy.stop()
+
+
+def _dockerd_pid() -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "dockerd":
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+def _engine_answers() -> bool:
+    try:
+        engine = docker.from_env(timeout=5)
+        try:
+            engine.ping()
+        finally:
+            engine.close()
+        return True
+    except Exception:
+        return False
+
+
+def test_an_engine_restart_mid_session_never_swaps_a_kernel_silently(tmp_path: Path) -> None:
+    """dockerd stopped and started again under a live session (its containers die with it).
+
+    Whatever the order of events, the session never answers NameError for a variable it
+    defined unless a response at or before that one said state_lost; and no session is
+    handed out while the engine is down.
+    """
+    pid = _dockerd_pid()
+    if pid is None:
+        pytest.skip("dockerd is not a local process here (it is managed elsewhere); cannot restart it")
+    server = start_server(tmp_path / "server.log", {"min_ready": "1", "max_total": "4"})
+    try:
+        with Client(server.url, max_retries=0) as client:
+            s = client.session()
+            s.run("x = 41")
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not _engine_answers() and _dockerd_pid() is None, 120, "dockerd to stop")
+            told_lost = False
+            try:
+                ex = s.run("x + 1", timeout_s=10)
+                told_lost = ex.state_lost
+                assert ex.text == "42" or ex.state_lost, ex
+            except ServiceUnavailableError as exc:
+                assert exc.code == "engine_unavailable", exc
+                told_lost = "variables are lost" in exc.message
+            r = httpx.post(server.url + "/v1/sessions", json={}, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        subprocess.run(["bash", str(ROOT / "scripts" / "ensure-docker.sh")], check=True, timeout=120)
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 120, "readiness after the restart")
+        with Client(server.url, max_retries=0) as client:
+            ex = _run_when_served(server.url, s.id, "x")
+            # The container died with the engine: the variable is gone, and that was said.
+            if ex["status"] == "error" and (ex.get("error") or {}).get("name") == "NameError":
+                assert told_lost or ex["state_lost"], ex
+            else:
+                assert ex["stdout"] == "" and ex["results"][0]["data"]["text/plain"] == "41", ex
+            with client.session() as fresh:
+                assert fresh.run("print('after restart')").stdout == "after restart\n"
+    finally:
+        if not _engine_answers():
+            subprocess.run(["bash", str(ROOT / "scripts" / "ensure-docker.sh")], check=False, timeout=120)
+        server.stop()
+
+
+def _run_when_served(url: str, session_id: str, code: str) -> dict[str, object]:
+    """Execute in a session, retrying while the service answers 503 (kernels still starting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.post(f"{url}/v1/sessions/{session_id}/execute", json={"code": code}, timeout=60)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+        time.sleep(0.5)
 
 
 def instance_of(server: LocalServer) -> str:

@@ -29,6 +29,8 @@ class FakeBackend:
         self.concurrent = 0
         self.max_concurrent = 0
         self._ids = itertools.count()
+        self.engine_down: Exception | None = None
+        self.dead: set[FakeKernel] = set()
 
     async def start(self, spec: SandboxSpec) -> FakeKernel:
         self.concurrent += 1
@@ -47,6 +49,13 @@ class FakeBackend:
         await asyncio.sleep(0)
         kernel.destroyed = True
         self.destroyed.append(kernel)
+
+    async def check_engine(self) -> None:
+        if self.engine_down is not None:
+            raise self.engine_down
+
+    def sandbox_alive(self, kernel: FakeKernel) -> bool | None:
+        return kernel not in self.dead
 
     @property
     def alive(self) -> int:
@@ -178,3 +187,41 @@ async def test_close_destroys_ready_and_leased_kernels_and_fails_waiters() -> No
     assert backend.alive == 0
     with pytest.raises(PoolClosed):
         await pool.acquire(timeout=1)
+
+
+async def test_no_kernel_is_handed_out_while_the_engine_is_unreachable() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, min_ready=1)
+    pool.start()
+    await wait_for(lambda: pool.stats().ready == 1)
+    backend.engine_down = EngineUnavailable("engine down")
+    with pytest.raises(EngineUnavailable):
+        await pool.acquire(timeout=1)
+    assert pool.stats().ready == 1 and pool.stats().leased == 0  # the spare is kept for later
+    backend.engine_down = None
+    assert await pool.acquire(timeout=1) in backend.started
+    await pool.close()
+
+
+async def test_a_ready_kernel_whose_sandbox_died_is_discarded_not_handed_out() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, min_ready=2)
+    pool.start()
+    await wait_for(lambda: pool.stats().ready == 2)
+    first = backend.started[0]
+    backend.dead.add(first)
+    kernel = await pool.acquire(timeout=1)
+    assert kernel is not first
+    await wait_for(lambda: first.destroyed)
+    await wait_for(lambda: pool.stats().ready == 2)  # and replaced
+    await pool.close()
+
+
+async def test_spares_whose_sandbox_died_are_replaced_without_waiting_for_a_lease() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, min_ready=2)
+    pool.start()
+    await wait_for(lambda: pool.stats().ready == 2)
+    backend.dead.update(backend.started)
+    await wait_for(lambda: all(k.destroyed for k in backend.dead) and pool.stats().ready == 2, timeout=5)
+    await pool.close()

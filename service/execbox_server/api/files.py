@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response, status
 
@@ -62,7 +63,10 @@ async def _files(services: ServicesDep, session: Session, op: str, path: str, da
 @router.get("", response_model=list[FileInfo], summary="List a directory of the working directory")
 async def list_files(session_id: str, services: ServicesDep, owner: Owner, dir: str = "") -> list[FileInfo]:
     answer = await _files(services, services.sessions.get(owner, session_id), "list", dir)
-    return [FileInfo.model_validate(e) for e in answer["entries"]]
+    entries = answer.get("entries")
+    if not isinstance(entries, list):
+        raise SandboxUnavailable("the sandbox gave a malformed directory listing; retry")
+    return [FileInfo.model_validate(e) for e in entries]
 
 
 @router.put(
@@ -88,9 +92,11 @@ async def upload(session_id: str, path: str, request: Request, services: Service
 )
 async def download(session_id: str, path: str, services: ServicesDep, owner: Owner) -> Response:
     data = await _files(services, services.sessions.get(owner, session_id), "get", path)
-    name = PurePosixPath(path).name.replace('"', "")
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": _disposition(path)})
+
+
+def _disposition(path: str) -> str:
+    """An attachment header for any file name: an ASCII fallback plus the exact name (RFC 6266)."""
+    name = PurePosixPath(path).name
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='', errors='replace')}"

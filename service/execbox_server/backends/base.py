@@ -68,3 +68,15 @@ class Backend(Protocol[K]):
     async def destroy(self, kernel: K) -> None:
         """Remove the sandbox for good. Never raises; safe to call twice."""
         ...
+
+    async def check_engine(self) -> None:
+        """Raise EngineUnavailable unless the engine answers (cached briefly).
+
+        No kernel is handed out while the engine is unreachable: a sandbox that cannot be
+        killed, inspected or removed must not start serving anyone.
+        """
+        ...
+
+    def sandbox_alive(self, kernel: K) -> bool | None:
+        """Whether the sandbox still runs, known without an engine call; None when unknown."""
+        ...

@@ -17,18 +17,24 @@ neighbour's lock cannot be taken, so its containers are never touched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
 import os
 import secrets
+import select
 import shutil
+import socket
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import docker
 import docker.errors
@@ -51,7 +57,7 @@ LABEL_KERNEL = "execbox.kernel"
 LABEL_ROLE = "execbox.role"
 SPARE_CPU_SHARES = 128
 ACTIVE_CPU_SHARES = 1024
-SANDBOX_UID = 1000
+SANDBOX_UID = 90000  # the image's sandbox user; outside the uid ranges of host users
 
 T = TypeVar("T")
 
@@ -68,36 +74,6 @@ _WARM_UP = (
     "_ = __ = ___ = ''",
 )
 
-# Run inside the sandbox by sweep_processes. The kernel is the oldest child of the init
-# running execbox_kernel.py (orphaned copies of a forking kernel are re-parented to the init
-# too, but start later); everything else but the init and this script is killed, in a few
-# passes to catch what forks meanwhile.
-_SWEEP = """
-import os, signal
-me = os.getpid()
-def procs():
-    for name in os.listdir('/proc'):
-        if name.isdigit() and int(name) not in (1, me):
-            try:
-                stat = open(f'/proc/{name}/stat').read().rsplit(')', 1)[1].split()
-                cmd = open(f'/proc/{name}/cmdline', 'rb').read()
-            except OSError:
-                continue
-            yield int(name), stat[1], int(stat[19]), cmd
-found = list(procs())
-kernels = sorted((start, pid) for pid, ppid, start, cmd in found
-                 if ppid == '1' and b'execbox_kernel.py' in cmd)
-keep = kernels[0][1] if kernels else None
-for _ in range(3):
-    for pid, _ppid, _start, _cmd in procs():
-        if pid != keep:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-"""
-
-
 class FileRequestError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -105,64 +81,21 @@ class FileRequestError(Exception):
         self.message = message
 
 
-# Run inside the sandbox as the sandbox user: argv = op, relative path, transfer file, max bytes.
-_FILES = r"""
-import json, os, shutil, stat, sys
-op, rel, xfer, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-ROOT = '/home/sandbox'
-def done(**answer):
-    print(json.dumps(answer)); sys.exit(0)
-def fail(code, message):
-    done(error=code, message=message)
-if '\0' in rel or rel.startswith('/') or '\\' in rel:
-    fail('invalid_path', 'give a path relative to the working directory, without NUL or backslashes')
-parts = [p for p in rel.split('/') if p not in ('', '.')]
-if any(p == '..' for p in parts):
-    fail('invalid_path', "'..' is not allowed: paths stay inside the working directory")
-if op != 'list' and not parts:
-    fail('invalid_path', 'give a file name')
-cur = ROOT
-for i, part in enumerate(parts):
-    cur = os.path.join(cur, part)
-    last = i == len(parts) - 1
-    try:
-        st = os.lstat(cur)
-    except FileNotFoundError:
-        if op == 'put':
-            if not last:
-                os.mkdir(cur, 0o755)
-            continue
-        fail('file_not_found', f'no such file or directory: {rel}')
-    if stat.S_ISLNK(st.st_mode):
-        fail('invalid_path', f'{"/".join(parts[: i + 1])} is a symlink; symlinks are not followed')
-    if not last and not stat.S_ISDIR(st.st_mode):
-        fail('invalid_path', f'{"/".join(parts[: i + 1])} is not a directory')
-if op == 'list':
-    if not os.path.isdir(cur):
-        fail('invalid_path', f'{rel} is not a directory')
-    entries = []
-    with os.scandir(cur) as it:
-        for e in sorted(it, key=lambda e: e.name):
-            st = e.stat(follow_symlinks=False)
-            kind = 'dir' if e.is_dir(follow_symlinks=False) else 'symlink' if e.is_symlink() else 'file'
-            entries.append({'name': e.name, 'path': '/'.join(parts + [e.name]), 'size': st.st_size, 'type': kind})
-    done(entries=entries)
-flags = os.O_NOFOLLOW
-if op == 'put':
-    fd = os.open(cur, flags | os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with open(fd, 'wb') as dst, open(xfer, 'rb') as src:
-        shutil.copyfileobj(src, dst)
-    done(path='/'.join(parts), size=os.path.getsize(cur))
-fd = os.open(cur, flags | os.O_RDONLY)
-st = os.fstat(fd)
-if not stat.S_ISREG(st.st_mode):
-    fail('invalid_path', f'{rel} is not a regular file')
-if st.st_size > limit:
-    fail('file_too_large', f'{rel} is {st.st_size} bytes; the limit is {limit} (EXECBOX_MAX_FILE_BYTES)')
-with open(fd, 'rb') as src, open(xfer, 'wb') as dst:
-    shutil.copyfileobj(src, dst)
-done(path='/'.join(parts), size=st.st_size)
-"""
+# In-sandbox helpers, real files of the image (sandbox_images/python/). Run as root with
+# ``-I -S`` from ``/``: nothing the user's code planted is imported, and the sandbox user can
+# neither signal nor trace them. Each ends itself with an alarm; the service's own deadline
+# (HELPER_TIMEOUT_S) is a little longer.
+_PYTHON = ("/opt/venv/bin/python", "-I", "-S")
+_FILES_HELPER = "/opt/execbox/execbox_files.py"
+_SWEEP_HELPER = "/opt/execbox/execbox_sweep.py"
+HELPER_TIMEOUT_S = 30.0
+
+# Deadlines of engine calls by purpose; each purpose has its own bounded thread pool, so a
+# slow file copy never delays a kill, and a hung call never holds the service.
+CONTROL_TIMEOUT_S = 20.0  # inspect, kill, signal, update, remove
+LIFECYCLE_TIMEOUT_S = 90.0  # create+start of a container, listing, ping at open
+_POOL_SIZES = {"control": 8, "lifecycle": 4, "exec": 4}
+ENGINE_CHECK_TTL_S = 1.0
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -181,6 +114,9 @@ class DockerKernel:
     started_at: float = field(default_factory=time.monotonic)
     destroyed: bool = False
     cgroup: dict[str, int] | None = None  # open cgroup files (accounting), closed on destroy
+    # A pidfd of the container's init, when the service shares the engine's pid namespace:
+    # readable once the init exits, so liveness costs no engine call.
+    pidfd: int | None = None
 
     @property
     def short_id(self) -> str:
@@ -214,6 +150,12 @@ class DockerBackend:
         self._lock_fd: int | None = None
         self._kernels_dir = settings.state_dir / self.instance_id
         self._background: set[asyncio.Task[None]] = set()
+        self._pools = {
+            purpose: concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix=f"engine-{purpose}")
+            for purpose, size in _POOL_SIZES.items()
+        }
+        self._engine_checked_at = -math.inf
+        self._engine_error: EngineUnavailable | None = None
         # The sandbox cuts its own messages at the output limit (in characters); allow for
         # JSON escaping and the envelope before ZMQ refuses a message outright.
         self._max_message_bytes = 6 * settings.max_output_bytes_limit + 1_048_576
@@ -236,6 +178,7 @@ class DockerBackend:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
         self._client = await self._call(
+            "lifecycle",
             lambda: (
                 docker.DockerClient(base_url=self._settings.docker_url or None, timeout=30, max_pool_size=32)
                 if self._settings.docker_url
@@ -252,7 +195,7 @@ class DockerBackend:
         if self._client is not None:
             with contextlib.suppress(EngineUnavailable):
                 await self._remove_where({LABEL_INSTANCE: self.instance_id})
-        shutil.rmtree(self._kernels_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self._kernels_dir, ignore_errors=True)
         self._zmq.destroy(linger=0)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
@@ -262,15 +205,44 @@ class DockerBackend:
         if self._client is not None:
             self._client.close()
             self._client = None
+        for pool in self._pools.values():
+            # Threads stuck in a hung engine call are abandoned, not waited for.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def ping(self) -> None:
         """Raises EngineUnavailable unless the engine answers."""
-        await self._call(lambda: self._docker.ping())
+        try:
+            await self._call("control", lambda: self._docker.ping())
+        except EngineUnavailable as exc:
+            self._engine_error, self._engine_checked_at = exc, time.monotonic()
+            raise
+        self._engine_error, self._engine_checked_at = None, time.monotonic()
+
+    async def check_engine(self) -> None:
+        """Raise EngineUnavailable unless the engine answered within the last second.
+
+        Checked before a kernel is handed out: a session whose sandbox cannot be killed,
+        inspected or removed must not start.
+        """
+        if time.monotonic() - self._engine_checked_at >= ENGINE_CHECK_TTL_S:
+            with contextlib.suppress(EngineUnavailable):
+                await self.ping()
+        if self._engine_error is not None:
+            raise self._engine_error
+
+    def sandbox_alive(self, kernel: DockerKernel) -> bool | None:
+        """Whether the sandbox's init still runs, without an engine call; None when unknown."""
+        if kernel.destroyed:
+            return False
+        if kernel.pidfd is None:
+            return None
+        readable, _, _ = select.select([kernel.pidfd], [], [], 0)
+        return not readable
 
     async def reap_orphans(self) -> int:
         """Remove containers of execbox instances that no longer hold their lock."""
         containers = await self._call(
-            lambda: self._docker.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})
+            "lifecycle", lambda: self._docker.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})
         )
         dead: set[str] = set()
         for container in containers:
@@ -280,7 +252,7 @@ class DockerBackend:
         removed = 0
         for owner in dead:
             removed += await self._remove_where({LABEL_INSTANCE: owner})
-            shutil.rmtree(self._settings.state_dir / owner, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self._settings.state_dir / owner, ignore_errors=True)
             with contextlib.suppress(OSError):
                 os.unlink(self._settings.state_dir / "instances" / f"{owner}.lock")
         return removed
@@ -306,12 +278,20 @@ class DockerBackend:
         files = ConnectionFiles.create(self._kernels_dir / kernel_id, sandbox_uid=SANDBOX_UID)
         container_id: str | None = None
         conn: KernelConnection | None = None
+        kernel: DockerKernel | None = None
         try:
-            container = await self._call(lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files)))
+            container = await self._call(
+                "lifecycle", lambda: self._docker.containers.run(**self._run_args(kernel_id, spec, files))
+            )
             container_id = str(container.id)
             conn = KernelConnection(files, self._zmq, max_message_bytes=self._max_message_bytes)
             kernel = DockerKernel(id=kernel_id, container_id=container_id, files=files, conn=conn, spec=spec)
+            kernel.pidfd = _open_init_pidfd(container.attrs.get("State", {}).get("Pid"), container_id)
             await self._wait_ready(kernel)
+            # The kernel has bound its sockets and read its connection file; no user code has
+            # run yet. From here on the sandbox cannot create, rename or fill anything in the
+            # directory it shares with the host.
+            await asyncio.to_thread(_seal_dir, files.host_dir)
             for code in _WARM_UP:
                 await conn.warm_up(code, timeout=self._settings.kernel_start_timeout_s)
             return kernel
@@ -319,6 +299,8 @@ class DockerBackend:
             # Nothing half-started may survive a failure or a cancellation.
             if conn is not None:
                 conn.close()
+            if kernel is not None and kernel.pidfd is not None:
+                os.close(kernel.pidfd)
             await asyncio.shield(self._remove_quietly(container_id, files))
             if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
                 raise
@@ -341,7 +323,7 @@ class DockerBackend:
             args = self._run_args(worker_id, spec, files)
             args["command"] = ["/opt/venv/bin/python", "/opt/execbox/forkserver.py"]
             args["labels"][LABEL_ROLE] = "worker"
-            container = await self._call(lambda: self._docker.containers.run(**args))
+            container = await self._call("lifecycle", lambda: self._docker.containers.run(**args))
             container_id = str(container.id)
             reader, writer = await self._connect_worker(host_dir / "fork.sock", container_id)
             return ForkWorker(id=worker_id, container_id=container_id, dir=host_dir, reader=reader, writer=writer)
@@ -368,7 +350,7 @@ class DockerBackend:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("the fork server did not answer")
-            attrs = await self._call(lambda: self._docker.api.inspect_container(container_id))
+            attrs = await self._call("control", lambda: self._docker.api.inspect_container(container_id))
             if not attrs["State"]["Running"]:
                 raise SandboxStartFailed(f"batch worker exited with code {attrs['State']['ExitCode']}")
             await asyncio.sleep(0.05)
@@ -408,13 +390,16 @@ class DockerBackend:
             with contextlib.suppress(OSError):
                 os.close(fd)
         kernel.cgroup = {}
+        if kernel.pidfd is not None:
+            os.close(kernel.pidfd)
+            kernel.pidfd = None
         await self._remove_quietly(kernel.container_id, kernel.files)
 
     async def activate(self, kernel: DockerKernel) -> None:
         """Give a leased kernel the normal CPU weight (spares run at a low one). Never raises."""
         with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
             await self._call(
-                lambda: self._docker.api.update_container(kernel.container_id, cpu_shares=ACTIVE_CPU_SHARES)
+                "control", lambda: self._docker.api.update_container(kernel.container_id, cpu_shares=ACTIVE_CPU_SHARES)
             )
 
     async def update_limits(self, kernel: DockerKernel, spec: SandboxSpec) -> None:
@@ -432,6 +417,7 @@ class DockerBackend:
         mem = f"{spec.memory_mb}m"
         try:
             await self._call(
+                "control",
                 lambda: self._docker.api.update_container(
                     kernel.container_id,
                     mem_limit=mem,
@@ -445,10 +431,22 @@ class DockerBackend:
         kernel.spec = spec
 
     async def inspect(self, kernel: DockerKernel) -> SandboxState:
+        """How the sandbox is doing: the engine's view, or the init's pidfd when the engine is away.
+
+        Raises:
+            EngineUnavailable: the engine does not answer and the pidfd cannot tell.
+        """
         try:
-            attrs = await self._call(lambda: self._docker.api.inspect_container(kernel.container_id))
+            attrs = await self._call("control", lambda: self._docker.api.inspect_container(kernel.container_id))
         except SandboxGone:
             return SandboxState(SandboxStatus.GONE)
+        except EngineUnavailable:
+            # An unreachable engine says nothing about the kernel, which is reached over IPC:
+            # answer from the pidfd when we have one (dockerd's stop ends its containers).
+            alive = self.sandbox_alive(kernel)
+            if alive is None:
+                raise
+            return SandboxState(SandboxStatus.RUNNING if alive else SandboxStatus.GONE)
         state = attrs.get("State", {})
         if state.get("Running") and not state.get("Paused"):
             return SandboxState(SandboxStatus.RUNNING)
@@ -461,70 +459,113 @@ class DockerBackend:
     async def kill(self, kernel: DockerKernel) -> None:
         """SIGKILL everything in the sandbox (the init forwards nothing: the cgroup dies)."""
         with contextlib.suppress(SandboxGone, docker.errors.APIError):
-            await self._call(lambda: self._docker.api.kill(kernel.container_id, signal="SIGKILL"))
+            await self._call("control", lambda: self._docker.api.kill(kernel.container_id, signal="SIGKILL"))
 
     async def signal(self, kernel: DockerKernel, sig: str) -> None:
         """Send a signal to the kernel through the container's init (e.g. SIGINT)."""
         with contextlib.suppress(SandboxGone, docker.errors.APIError):
-            await self._call(lambda: self._docker.api.kill(kernel.container_id, signal=sig))
+            await self._call("control", lambda: self._docker.api.kill(kernel.container_id, signal=sig))
 
-    async def sweep_processes(self, kernel: DockerKernel) -> None:
+    async def sweep_processes(self, kernel: DockerKernel) -> bool:
         """Kill every process in the sandbox except its init and the kernel itself.
 
         Used after a timeout or an interrupt that the kernel survived: children that ignore
         SIGINT (a subprocess, a CPU bomb, a fork bomb's copies) would otherwise live on.
+        Returns False when the sweep could not be done (the caller then replaces the sandbox).
         """
         try:
-            await self._call(
-                lambda: self._docker.api.exec_start(
-                    self._docker.api.exec_create(
-                        kernel.container_id, ["/opt/venv/bin/python", "-c", _SWEEP], user=f"{SANDBOX_UID}"
-                    )["Id"]
-                )
-            )
-        except (SandboxGone, EngineUnavailable, docker.errors.APIError) as exc:
+            code, out, _err = await self._exec(kernel, [*_PYTHON, _SWEEP_HELPER], user="0:0")
+        except (SandboxGone, EngineUnavailable, docker.errors.APIError, OSError) as exc:
             log.warning("process sweep of sandbox %s failed: %s", kernel.short_id, exc)
+            return False
+        if code != 0 or not out.startswith(b"swept"):
+            log.warning("process sweep of sandbox %s did not finish (exit %s)", kernel.short_id, code)
+            return False
+        return True
 
     # ------------------------------------------------------------------ files
 
     async def files(self, kernel: DockerKernel, op: str, path: str, data: bytes | None = None) -> Any:
         """Put, get or list files under the sandbox's working directory.
 
-        The work happens inside the sandbox, as the sandbox user, by a small script that
-        refuses absolute paths, ``..`` and symlinks anywhere on the way; bytes travel through
-        the per-kernel directory both sides already share (tmpfs is invisible to ``docker cp``).
+        A helper of the image does the work inside the sandbox with the sandbox user's file
+        access (see sandbox_images/python/execbox_files.py); the bytes travel over the exec's
+        stdin and stdout. The host never opens, stats or changes a path the sandbox can write.
 
         Raises:
-            FileRequestError: the path was refused or does not exist, or the file is too large.
+            FileRequestError: the path was refused or does not exist, the file is too large,
+                or the sandbox did not answer in time.
+            SandboxGone: the container no longer exists.
         """
-        token = secrets.token_hex(8)
-        xfer = kernel.files.host_dir / f"xfer-{token}"
-        argv = [op, path, f"{kernel.files.container_dir}/xfer-{token}", str(self._settings.max_file_bytes)]
-        command = ["/opt/venv/bin/python", "-I", "-c", _FILES, *argv]
+        limit = self._settings.max_file_bytes
+        command = [*_PYTHON, _FILES_HELPER, op, path, str(limit)]
         try:
-            if data is not None:
-                xfer.write_bytes(data)
-                os.chown(xfer, SANDBOX_UID, SANDBOX_UID)
+            code, out, err = await self._exec(
+                kernel, command, user="0:0", stdin=data, max_output=limit + 2 * 1024 * 1024
+            )
+        except docker.errors.APIError as exc:
+            raise FileRequestError("sandbox_unavailable", f"the sandbox refused: {exc.explanation}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise FileRequestError(
+                "sandbox_unavailable", f"the sandbox did not complete the file request in time ({exc!r}); retry"
+            ) from exc
+        header, _, body = out.partition(b"\n")
+        try:
+            # A listing can be large (10,000 entries): decode it off the event loop.
+            answer = json.loads(header) if len(header) < 65_536 else await asyncio.to_thread(json.loads, header)
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {code}"]
+            raise FileRequestError(
+                "sandbox_unavailable", f"the sandbox did not answer the file request: {detail[0][:500]}"
+            ) from exc
+        if "error" in answer:
+            raise FileRequestError(str(answer["error"]), str(answer.get("message", "")))
+        if op == "get":
+            if len(body) != answer.get("size"):
+                raise FileRequestError("sandbox_unavailable", "the file changed while it was copied; retry")
+            return body
+        return answer
+
+    async def _exec(
+        self,
+        kernel: DockerKernel,
+        command: list[str],
+        *,
+        user: str,
+        stdin: bytes | None = None,
+        max_output: int = 1 << 20,
+    ) -> tuple[int | None, bytes, bytes]:
+        """Run ``command`` in the sandbox; return (exit code, stdout, stderr), each stream bounded.
+
+        The whole exchange has a deadline (HELPER_TIMEOUT_S); its blocking part runs in the
+        ``exec`` thread pool, apart from the calls that kill and inspect.
+
+        Raises:
+            SandboxGone, EngineUnavailable, docker.errors.APIError, TimeoutError, OSError.
+        """
+        deadline = time.monotonic() + HELPER_TIMEOUT_S
+
+        def run() -> tuple[int | None, bytes, bytes]:
+            api = self._docker.api
+            exec_id = api.exec_create(
+                kernel.container_id, command, user=user, workdir="/", stdin=stdin is not None, environment={}
+            )["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+            raw = getattr(sock, "_sock", sock)
             try:
-                exec_id = await self._call(
-                    lambda: self._docker.api.exec_create(kernel.container_id, command, user=str(SANDBOX_UID))["Id"]
-                )
-                out = await self._call(lambda: self._docker.api.exec_start(exec_id, demux=True))
-            except docker.errors.APIError as exc:
-                raise FileRequestError("sandbox_unavailable", f"the sandbox refused: {exc.explanation}") from exc
-            stdout = (out[0] or b"") if isinstance(out, tuple) else out
-            try:
-                answer = json.loads(stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-            except (ValueError, IndexError) as exc:
-                raise FileRequestError("internal", f"the sandbox did not answer the file request: {exc}") from exc
-            if "error" in answer:
-                raise FileRequestError(answer["error"], answer["message"])
-            if op == "get":
-                return xfer.read_bytes()
-            return answer
-        finally:
-            with contextlib.suppress(OSError):
-                xfer.unlink()
+                raw.settimeout(max(0.1, deadline - time.monotonic()))
+                if stdin is not None:
+                    raw.sendall(stdin)
+                    raw.shutdown(socket.SHUT_WR)
+                out, err = _read_frames(raw, max_output, deadline)
+            finally:
+                sock.close()
+            code = api.exec_inspect(exec_id).get("ExitCode")
+            return code, out, err
+
+        return cast(tuple[int | None, bytes, bytes], await self._call("exec", run, timeout=HELPER_TIMEOUT_S + 5))
 
     # ------------------------------------------------------------------ resource accounting
 
@@ -630,27 +671,40 @@ class DockerBackend:
     async def _remove_quietly(self, container_id: str | None, files: ConnectionFiles | None) -> None:
         if container_id is not None:
             try:
-                await self._call(lambda: self._docker.api.remove_container(container_id, force=True))
+                await self._call("control", lambda: self._docker.api.remove_container(container_id, force=True))
             except SandboxGone:
                 pass
             except (EngineUnavailable, docker.errors.APIError) as exc:
                 # The orphan reaper of the next start-up removes what is left here.
                 log.warning("could not remove sandbox %s: %s", container_id[:12], exc)
         if files is not None:
-            shutil.rmtree(files.host_dir, ignore_errors=True)
+            # Sealed (root-owned, nothing the sandbox can add), but a directory walk is still
+            # file-system work: off the event loop.
+            await asyncio.to_thread(shutil.rmtree, files.host_dir, ignore_errors=True)
 
     async def _remove_where(self, labels: dict[str, str]) -> int:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        containers = await self._call(lambda: self._docker.containers.list(all=True, filters=filters))
+        containers = await self._call("lifecycle", lambda: self._docker.containers.list(all=True, filters=filters))
         for container in containers:
-            with contextlib.suppress(SandboxGone, docker.errors.APIError):
-                await self._call(lambda c=container: c.remove(force=True))
+            with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
+                await self._call("control", functools.partial(container.remove, force=True))
         return len(containers)
 
-    async def _call(self, fn: Any) -> Any:
-        """Run a blocking docker-py call in a thread; translate engine errors."""
+    async def _call(self, purpose: str, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run a blocking docker-py call in ``purpose``'s thread pool under a deadline.
+
+        Translates engine errors; a call that does not return in time raises
+        EngineUnavailable (its thread is abandoned, the pool stays bounded).
+        """
+        if timeout is None:
+            timeout = LIFECYCLE_TIMEOUT_S if purpose == "lifecycle" else CONTROL_TIMEOUT_S
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(fn)
+            return await asyncio.wait_for(loop.run_in_executor(self._pools[purpose], fn), timeout)
+        except TimeoutError as exc:
+            raise EngineUnavailable(
+                f"the Docker engine did not answer within {timeout:g}s ({purpose} call); retry later", retry_after=5
+            ) from exc
         except docker.errors.NotFound as exc:
             raise SandboxGone(str(exc)) from exc
         except _ENGINE_ERRORS as exc:
@@ -696,3 +750,82 @@ def _pread_keyed(fd: int | None, key: str) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def _open_init_pidfd(pid: object, container_id: str) -> int | None:
+    """A pidfd of the container's init, if this process sees the engine's pid namespace.
+
+    The pid the engine reports is only meaningful here when ``/proc/<pid>/cgroup`` names the
+    container; otherwise (the service itself in a container) liveness falls back to the engine.
+    """
+    if not isinstance(pid, int) or pid <= 0 or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as fh:
+            if container_id.encode() in fh.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _seal_dir(path: Path) -> None:
+    """Make a kernel's shared directory read-only for the sandbox, without following links.
+
+    Removes the connection file (it holds the kernel's key and is owned by the sandbox user,
+    who could otherwise grow it without bound) and gives the directory to the service's user,
+    mode 0755: the sandbox can still reach its sockets but can no longer create, rename or
+    delete anything in it. Everything is done through a descriptor opened with O_NOFOLLOW.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("connection.json", dir_fd=fd)
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+
+
+_FRAME = struct.Struct(">BxxxL")
+
+
+def _read_frames(sock: socket.socket, limit: int, deadline: float) -> tuple[bytes, bytes]:
+    """Read the engine's multiplexed exec stream (8-byte frame headers) until EOF.
+
+    Raises:
+        TimeoutError: the deadline passed first.
+        OSError: the output grew past ``limit`` bytes.
+    """
+    streams = {1: bytearray(), 2: bytearray()}
+    buf = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the sandbox helper did not finish in time")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            raise
+        except OSError:
+            chunk = b""
+        buf += chunk
+        while len(buf) >= _FRAME.size:
+            kind, size = _FRAME.unpack_from(buf)
+            if len(buf) < _FRAME.size + size:
+                break
+            out = streams.get(kind)
+            if out is not None:
+                out += buf[_FRAME.size : _FRAME.size + size]
+                if len(out) > limit:
+                    raise OSError(f"the sandbox helper wrote more than {limit} bytes")
+            del buf[: _FRAME.size + size]
+        if not chunk:
+            return bytes(streams[1]), bytes(streams[2])
