@@ -193,7 +193,6 @@ def steps_flow(api: Api, run: Run, max_total: int) -> None:
     pending: list[tuple[dict[str, Any], Any]] = []
     pool = ThreadPoolExecutor(max_total + 4)
     results: list[tuple[dict[str, Any], Any]] = []
-    t_start = time.monotonic()
 
     def go(name: str, code: str, abort: float | None) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -205,6 +204,17 @@ def steps_flow(api: Api, run: Run, max_total: int) -> None:
         call = api.run(sessions[name], code, client_timeout=abort or 300)
         return {"call": call, "sent": t0, "done": time.monotonic()}
 
+    # Sessions named plainly are opened before the timeline starts: created on demand, a step
+    # sent 0.5 s after another could otherwise race its creation on a busy machine and open a
+    # second session under the same name. (Numbered names, "A1..AN", are opened by their
+    # steps: whether the service refuses them is what those cases test.)
+    for step in case["steps"]:
+        name = step["session"]
+        if "action" not in step and not re.fullmatch(r"(\w+?)1\.\.(\w+?)N", name) and name not in sessions:
+            created = api_create_or_error(api, limits)
+            assert isinstance(created, str), created
+            sessions[name] = created
+    t_start = time.monotonic()
     for step in case["steps"]:
         time.sleep(float(step.get("delay_s", 0)))
         names = [step["session"]]
