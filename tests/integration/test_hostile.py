@@ -31,7 +31,11 @@ CANDIDATES = [
     ROOT / "tests" / "data" / "hostile_cases.jsonl",
 ]
 CASES_FILE = next(p for p in CANDIDATES if p is not None and p.exists())
-CASES = [json.loads(line) for line in CASES_FILE.read_text().splitlines() if line.strip()]
+# Our own cases beside the shared corpus: the attacks of the security reviews (issue 10).
+EXTRA_FILE = ROOT / "tests" / "data" / "hostile_extra.jsonl"
+CASES = [
+    json.loads(line) for path in (CASES_FILE, EXTRA_FILE) for line in path.read_text().splitlines() if line.strip()
+]
 SLACK = 64 * 1024
 COMPANION_MARK = "companion_ok"
 RESULTS: list[tuple[str, str, str]] = []
@@ -712,6 +716,26 @@ def _(run: Run) -> None:
     assert run.marker not in out.split("user site", 1)[1] and "usercustomize" not in out
 
 
+@check("xb-001")
+def _(run: Run) -> None:
+    out = run.hostile.stdout
+    assert "extra files []" in out and "\nrefused" in out and "chmod refused" in out, out
+    assert "FILLED" not in out and "CHMOD allowed" not in out, out
+    followup_two(run)
+
+
+@check("xb-002", "xb-003")
+def _(run: Run) -> None:
+    within(run.hostile, run.timeout + 10)
+    status_in(run.hostile, "timeout")
+    assert run.followup is not None and run.followup.status == 200
+    if run.hostile.flagged:  # replaced instead of interrupted: the child died with the sandbox
+        return
+    assert run.followup.stdout.startswith("swept True"), run.followup.stdout
+    if run.case["id"] == "xb-002":
+        assert "planted False" in run.followup.stdout, run.followup.stdout
+
+
 @check("hc-072")
 def _(run: Run) -> None:
     (_, a), (_, b) = sorted(run.extra["steps"], key=lambda sr: sr[1]["sent"])
@@ -761,7 +785,7 @@ def api(server):
     yield client
     client.http.close()
     width = max(len(c) for c, _, _ in RESULTS) if RESULTS else 8
-    print(f"\n\nHostile cases ({CASES_FILE}):")
+    print(f"\n\nHostile cases ({CASES_FILE} + {EXTRA_FILE.name}):")
     for case_id, verdict, note in RESULTS:
         print(f"  {case_id:<{width}}  {verdict:<5} {note}")
     passed = sum(1 for _, v, _ in RESULTS if v == "pass")
