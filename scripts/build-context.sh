@@ -19,12 +19,11 @@ pipdl() {
 }
 
 rm -rf "$root/.build"
-mkdir -p "$root/.build/sandbox/wheels" "$root/.build/service/wheels" "$cache/wheels"
+mkdir -p "$root/.build/sandbox" "$root/.build/service/wheels" "$cache/wheels"
 
 log "sandbox context ..."
-cp "$root"/sandbox_images/python/{Dockerfile,requirements.txt,execbox_kernel.py,forkserver.py} "$root/.build/sandbox/"
-pipdl -d "$cache/wheels" -r "$root/sandbox_images/python/requirements.txt"
-cp "$cache"/wheels/*.whl "$root/.build/sandbox/wheels/"
+# The same context build.sh builds from (files, hash-pinned lock, wheels).
+"$root/sandbox_images/python/build.sh" --context "$root/.build/sandbox"
 
 log "service context ..."
 cp "$root/service/Dockerfile" "$root/.build/service/"
@@ -32,7 +31,8 @@ cp "$root/service/Dockerfile" "$root/.build/service/"
   2> >(grep -v '^WARNING: Location' >&2)
 "$py" - "$root/pyproject.toml" > "$root/.build/service/requirements.txt" <<'PY'
 import sys, tomllib
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["server"]))
 PY
 pipdl -d "$root/.build/service/wheels" -r "$root/.build/service/requirements.txt"
 
@@ -48,6 +48,6 @@ else
   base=$EXECBOX_BASE_IMAGE
 fi
 # The same inputs label build.sh puts on the image, so either build counts as up to date.
-inputs_hash=$(cd "$root/sandbox_images/python" && cat Dockerfile requirements.txt ./*.py | sha256sum | cut -c1-16)
+inputs_hash=$("$root/sandbox_images/python/build.sh" --inputs-hash)
 printf 'EXECBOX_BASE_IMAGE=%s\nEXECBOX_SANDBOX_INPUTS=%s\n' "$base" "$inputs_hash" > "$root/.build/.env"
 log "contexts ready in .build/ (base $base)"

@@ -4,6 +4,8 @@
 #   sandbox_images/python/build.sh            # build if needed
 #   EXECBOX_IMAGE=name:tag build.sh           # another tag
 #   EXECBOX_BASE_IMAGE=python:3.11-slim ...   # force a base; "offline" forces debootstrap
+#   build.sh --context DIR                    # only prepare a build context in DIR (compose)
+#   build.sh --inputs-hash                    # print the hash the image is labelled with
 #
 # Base image: python:3.11-slim when a registry answers, otherwise an offline Debian bookworm
 # rootfs made with debootstrap from the Debian mirror and `docker import`ed (built once and
@@ -15,17 +17,34 @@ image=${EXECBOX_IMAGE:-execbox-sandbox-python:latest}
 registry_base=${EXECBOX_REGISTRY_BASE:-python:3.11-slim}
 offline_base=${EXECBOX_OFFLINE_BASE:-execbox-base-bookworm:latest}
 cache=${EXECBOX_CACHE_DIR:-/var/cache/execbox}
-mirror=${EXECBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+# The Debian mirror for the offline base: EXECBOX_DEBIAN_MIRROR, else the one this host's apt
+# already uses for Debian (deb822 .sources or a one-line sources.list), else deb.debian.org.
+host_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    awk 'BEGIN { RS=""; FS="\n" }
+      /(^|\n)Suites:[^\n]*bookworm([ \n]|$)/ && !/debian-security/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); print a[2]; exit }
+      }' "$f"
+  done | head -n 1
+  if [ -r /etc/apt/sources.list ]; then
+    awk '$1 == "deb" && $3 ~ /^bookworm$/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list
+  fi
+}
+mirror=${EXECBOX_DEBIAN_MIRROR:-$(host_mirror | head -n 1 || true)}
+mirror=${mirror:-http://deb.debian.org/debian}
+
+# Python packages: the hash-pinned lock for this architecture (lock.sh writes it); without
+# one, the unpinned requirements.txt, with a warning.
+lock="$here/requirements-$(uname -m).lock"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 
 # Inputs that define the image; the image carries their hash as a label.
-inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.py | sha256sum | cut -c1-16)
-current=$(docker image inspect -f '{{ index .Config.Labels "execbox.inputs" }}' "$image" 2>/dev/null || true)
-if [ "$current" = "$inputs_hash" ] && [ -z "${EXECBOX_FORCE_BUILD:-}" ]; then
-  log "$image is up to date (inputs $inputs_hash)."
-  exit 0
-fi
+inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py 2>/dev/null | sha256sum | cut -c1-16)
+if [ "${1:-}" = --inputs-hash ]; then echo "$inputs_hash"; exit 0; fi
 
 choose_base() {
   local want=${EXECBOX_BASE_IMAGE:-auto}
@@ -73,20 +92,48 @@ download_wheels() {
   for v in $(seq 17 36); do plats+=(--platform "manylinux_2_${v}_${arch}"); done
   plats+=(--platform "manylinux2014_${arch}")
   mkdir -p "$cache/wheels"
+  local reqs=("$here/requirements.txt") hashes=()
+  if [ -f "$lock" ]; then
+    reqs=("$lock")
+    hashes=(--require-hashes)
+  else
+    log "WARNING: no $(basename "$lock"): installing unpinned requirements.txt (run lock.sh to pin them)."
+  fi
   log "downloading wheels into $cache/wheels (cached between builds) ..."
-  python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
+  python3 -m pip download -q --disable-pip-version-check --only-binary=:all: "${hashes[@]}" \
     --python-version 3.11 --implementation cp --abi cp311 "${plats[@]}" \
-    -d "$cache/wheels" -r "$here/requirements.txt" 2> >(grep -v '^WARNING: Location' >&2)
+    -d "$cache/wheels" -r "${reqs[0]}" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
+prepare_context() {
+  local ctx=$1
+  mkdir -p "$ctx"
+  cp "$here"/Dockerfile "$here"/*.py "$ctx"/
+  # The image installs requirements.lock: the hash-pinned lock when there is one (pip then
+  # checks every wheel's hash), else the plain list.
+  if [ -f "$lock" ]; then cp "$lock" "$ctx/requirements.lock"; else cp "$here/requirements.txt" "$ctx/requirements.lock"; fi
+  rm -rf "$ctx/wheels"
+  cp -r "$cache/wheels" "$ctx/wheels"
 }
 
 mkdir -p "$cache"
+if [ "${1:-}" = --context ]; then
+  download_wheels
+  prepare_context "$2"
+  exit 0
+fi
+
+current=$(docker image inspect -f '{{ index .Config.Labels "execbox.inputs" }}' "$image" 2>/dev/null || true)
+if [ "$current" = "$inputs_hash" ] && [ -z "${EXECBOX_FORCE_BUILD:-}" ]; then
+  log "$image is up to date (inputs $inputs_hash)."
+  exit 0
+fi
 base=$(choose_base)
 download_wheels
 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/execbox-ctx.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
-cp "$here"/Dockerfile "$here"/requirements.txt "$here"/*.py "$ctx"/
-cp -r "$cache/wheels" "$ctx/wheels"
+prepare_context "$ctx"
 log "building $image from $base ..."
 if ! DOCKER_BUILDKIT=0 docker build -q --network none \
   --build-arg "BASE_IMAGE=$base" --label "execbox.inputs=$inputs_hash" \
