@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from execbox._models import FileInfo
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.backends.base import SandboxGone
-from execbox_server.backends.docker import FileRequestError
+from execbox_server.backends.base import FileRequestError, SandboxGone
 from execbox_server.errors import ServiceError
 from execbox_server.sessions import Session
 

@@ -1,23 +1,35 @@
-"""The seam between the pool/executor and the container engine.
+"""The seam between the service and the container engine: everything above ``backends/`` uses
+only these protocols and types.
 
-The pool only needs ``start`` and ``destroy``; the executor also asks how a sandbox is doing
-(``inspect``), stops a kernel the hard way (``kill``) and reads resource usage. The Docker
-implementation lives in :mod:`execbox_server.backends.docker`; unit tests use fakes.
+    Backend[K]          what the pool needs: start, destroy, engine check, cheap liveness
+    SandboxControl[K]   what the executor needs: inspect, kill, signal, usage, process sweep
+    SandboxBackend[K]   all of a kernel sandbox's operations (the above, limits and files)
+    WorkerBackend[W]    batch workers: start and destroy
+    Sandbox             what every kernel exposes: ids and the connection to its kernel
+
+The Docker implementation lives in :mod:`execbox_server.backends.docker`; unit tests use fakes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from execbox_server.kernel import KernelConnection
 
 __all__ = [
     "Backend",
+    "FileRequestError",
+    "Sandbox",
+    "SandboxBackend",
+    "SandboxControl",
     "SandboxGone",
     "SandboxSpec",
     "SandboxState",
     "SandboxStatus",
     "Usage",
+    "WorkerBackend",
 ]
 
 
@@ -50,7 +62,31 @@ class SandboxGone(Exception):
     """The sandbox's container no longer exists."""
 
 
+class FileRequestError(Exception):
+    """A file request the sandbox refused; ``code`` is the API's error code (e.g. ``invalid_path``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Sandbox(Protocol):
+    """A kernel sandbox as the service sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def short_id(self) -> str: ...
+
+    @property
+    def conn(self) -> KernelConnection: ...
+
+
 K = TypeVar("K")
+K_contra = TypeVar("K_contra", contravariant=True)
+W = TypeVar("W")
 
 
 class Backend(Protocol[K]):
@@ -79,4 +115,58 @@ class Backend(Protocol[K]):
 
     def sandbox_alive(self, kernel: K) -> bool | None:
         """Whether the sandbox still runs, known without an engine call; None when unknown."""
+        ...
+
+
+class SandboxControl(Protocol[K_contra]):
+    """What the executor needs from the backend while code runs."""
+
+    async def inspect(self, kernel: K_contra) -> SandboxState:
+        """How the sandbox is doing. Raises EngineUnavailable when nothing can tell."""
+        ...
+
+    async def kill(self, kernel: K_contra) -> None:
+        """SIGKILL everything in the sandbox."""
+        ...
+
+    async def signal(self, kernel: K_contra, sig: str) -> None:
+        """Send a signal to the kernel through the sandbox's init (e.g. SIGINT)."""
+        ...
+
+    def usage(self, kernel: K_contra) -> Usage: ...
+
+    def reset_peak_memory(self, kernel: K_contra) -> None: ...
+
+    async def sweep_processes(self, kernel: K_contra) -> bool:
+        """Kill every process but the init and the kernel; False when that could not be done."""
+        ...
+
+
+class SandboxBackend(Backend[K], SandboxControl[K], Protocol[K]):
+    """Every operation on kernel sandboxes."""
+
+    async def update_limits(self, kernel: K, spec: SandboxSpec) -> None:
+        """Give a leased kernel its session's limits. Raises InvalidLimits when refused."""
+        ...
+
+    async def files(self, kernel: K, op: str, path: str, data: bytes | None = None) -> Any:
+        """Put (``data``), get (returns bytes) or list (returns ``{"entries": [...]}``) files
+        under the sandbox's working directory.
+
+        Raises:
+            FileRequestError: refused path, missing file, file too large, sandbox unresponsive.
+            SandboxGone: the sandbox no longer exists.
+        """
+        ...
+
+
+class WorkerBackend(Protocol[W]):
+    """Batch workers: fork servers in sandboxes of their own."""
+
+    async def start_worker(self, spec: SandboxSpec) -> W:
+        """Raises EngineUnavailable, SandboxStartFailed (nothing is left behind)."""
+        ...
+
+    async def destroy_worker(self, worker: W) -> None:
+        """Remove the worker for good. Never raises; safe to call twice."""
         ...

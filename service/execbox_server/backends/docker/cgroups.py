@@ -1,0 +1,98 @@
+"""CPU time and peak memory of a container, read from its cgroup (v1 or v2) with no engine call."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from execbox_server.backends.base import Usage
+
+__all__ = ["CgroupFiles"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class CgroupFiles:
+    """A container's accounting files, opened once and read with pread.
+
+    On the hot path of every execution, path lookups and opens cost more than the reads.
+    Files that do not exist (another cgroup version, a service in its own cgroup namespace)
+    read as None.
+    """
+
+    def __init__(self, container_id: str) -> None:
+        self._container_id = container_id
+        self._fds: dict[str, int] | None = None
+
+    def usage(self) -> Usage:
+        fds = self._open()
+        cpu = _pread_int(fds.get("cpuacct.usage"))
+        if cpu is None:
+            usec = _pread_keyed(fds.get("cpu.stat"), "usage_usec")
+            cpu = usec * 1000 if usec is not None else None
+        peak = _pread_int(fds.get("memory.max_usage_in_bytes")) or _pread_int(fds.get("memory.peak"))
+        return Usage(cpu_ns=cpu, peak_memory_bytes=peak)
+
+    def reset_peak_memory(self) -> None:
+        fds = self._open()
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            fd = fds.get(name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.pwrite(fd, b"0\n", 0)
+
+    def close(self) -> None:
+        for fd in (self._fds or {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = {}
+
+    def _open(self) -> dict[str, int]:
+        if self._fds is None:
+            cid = self._container_id
+            found = {
+                "cpuacct.usage": (_cgroup_file(cid, "cpuacct", "cpuacct.usage"), os.O_RDONLY),
+                "cpu.stat": (_cgroup_file(cid, "", "cpu.stat"), os.O_RDONLY),
+                "memory.max_usage_in_bytes": (_cgroup_file(cid, "memory", "memory.max_usage_in_bytes"), os.O_RDWR),
+                "memory.peak": (_cgroup_file(cid, "", "memory.peak"), os.O_RDWR),
+            }
+            self._fds = {}
+            for name, (path, mode) in found.items():
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        self._fds[name] = os.open(path, mode | os.O_CLOEXEC)
+        return self._fds
+
+
+def _cgroup_file(container_id: str, controller: str, name: str) -> Path | None:
+    candidates = [
+        CGROUP_ROOT / controller / "docker" / container_id / name,
+        CGROUP_ROOT / controller / "system.slice" / f"docker-{container_id}.scope" / name,
+    ]
+    for path in candidates:
+        if path.exists():
+            return path
+    return None
+
+
+def _pread_int(fd: int | None) -> int | None:
+    if fd is None:
+        return None
+    try:
+        return int(os.pread(fd, 64, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pread_keyed(fd: int | None, key: str) -> int | None:
+    if fd is None:
+        return None
+    try:
+        for line in os.pread(fd, 4096, 0).decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None

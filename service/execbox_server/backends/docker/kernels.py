@@ -1,0 +1,268 @@
+"""Kernel sandboxes: one ipykernel per container, reached over ZMQ IPC in a sealed shared directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import select
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq.asyncio
+
+import docker.errors
+from execbox_server.backends.base import SandboxGone, SandboxSpec, SandboxState, SandboxStatus
+from execbox_server.backends.docker.cgroups import CgroupFiles
+from execbox_server.backends.docker.containers import ACTIVE_CPU_SHARES, SANDBOX_UID, container_args
+from execbox_server.backends.docker.engine import Engine
+from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStartFailed
+from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
+
+__all__ = ["DockerKernel", "KernelSandboxes", "seal_dir"]
+
+# Cells run (outside the history) before a kernel joins the pool: the first displayhook and
+# the first traceback of a fresh IPython cost ~0.3 s, then nothing. The last cell removes
+# what the warm-up left behind, so the user's namespace starts clean.
+_WARM_UP = (
+    "1",
+    "raise RuntimeError('execbox warm-up')",
+    "import sys as _xb_sys\n"
+    "for _xb_n in ('last_type', 'last_value', 'last_traceback', 'last_exc'):\n"
+    "    _xb_sys.__dict__.pop(_xb_n, None)\n"
+    "del _xb_sys, _xb_n\n"
+    "_ = __ = ___ = ''",
+)
+
+
+@dataclass(eq=False)
+class DockerKernel:
+    """One sandbox container and the connection to the kernel inside it."""
+
+    id: str
+    container_id: str
+    files: ConnectionFiles
+    conn: KernelConnection
+    spec: SandboxSpec
+    cgroup: CgroupFiles
+    started_at: float = field(default_factory=time.monotonic)
+    destroyed: bool = False
+    # A pidfd of the container's init, when the service shares the engine's pid namespace:
+    # readable once the init exits, so liveness costs no engine call.
+    pidfd: int | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.container_id[:12]
+
+
+class KernelSandboxes:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._settings = engine.settings
+        self._zmq = zmq.asyncio.Context()
+        self._background: set[asyncio.Task[None]] = set()
+        # The sandbox cuts its own messages at the output limit (in characters); allow for
+        # JSON escaping and the envelope before ZMQ refuses a message outright.
+        self._max_message_bytes = 6 * self._settings.max_output_bytes_limit + 1_048_576
+
+    def close(self) -> None:
+        self._zmq.destroy(linger=0)
+
+    async def start(self, spec: SandboxSpec) -> DockerKernel:
+        """Start a sandbox and return once its kernel answers and is warm.
+
+        Raises:
+            EngineUnavailable, SandboxStartFailed (nothing is left behind).
+        """
+        engine = self._engine
+        kernel_id = secrets.token_hex(6)
+        files = ConnectionFiles.create(engine.kernels_dir / kernel_id, sandbox_uid=SANDBOX_UID)
+        args = container_args(self._settings, engine.instance_id, kernel_id, spec, files.host_dir, role="kernel")
+        container_id: str | None = None
+        conn: KernelConnection | None = None
+        kernel: DockerKernel | None = None
+        try:
+            container = await engine.call("lifecycle", lambda: engine.docker.containers.run(**args))
+            container_id = str(container.id)
+            conn = KernelConnection(files, self._zmq, max_message_bytes=self._max_message_bytes)
+            kernel = DockerKernel(
+                id=kernel_id,
+                container_id=container_id,
+                files=files,
+                conn=conn,
+                spec=spec,
+                cgroup=CgroupFiles(container_id),
+                pidfd=_open_init_pidfd(container.attrs.get("State", {}).get("Pid"), container_id),
+            )
+            await self._wait_ready(kernel)
+            # The kernel has bound its sockets and read its connection file; no user code has
+            # run yet. From here on the sandbox cannot create, rename or fill anything in the
+            # directory it shares with the host.
+            await asyncio.to_thread(seal_dir, files.host_dir)
+            for code in _WARM_UP:
+                await conn.warm_up(code, timeout=self._settings.kernel_start_timeout_s)
+            return kernel
+        except BaseException as exc:
+            # Nothing half-started may survive a failure or a cancellation.
+            if conn is not None:
+                conn.close()
+            if kernel is not None and kernel.pidfd is not None:
+                os.close(kernel.pidfd)
+            await asyncio.shield(engine.remove(container_id, files.host_dir))
+            if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
+                raise
+            if isinstance(exc, KernelNotReady | docker.errors.DockerException | SandboxGone):
+                raise SandboxStartFailed(f"sandbox did not start: {exc}") from exc
+            raise
+
+    async def _wait_ready(self, kernel: DockerKernel) -> None:
+        deadline = time.monotonic() + self._settings.kernel_start_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await kernel.conn.wait_ready(timeout=min(1.0, max(remaining, 0.05)))
+                return
+            except KernelNotReady:
+                if remaining <= 0:
+                    raise
+            # Waiting on a kernel that already exited would just burn the deadline.
+            state = await self.inspect(kernel)
+            if state.status is not SandboxStatus.RUNNING:
+                raise KernelNotReady(
+                    f"kernel container {state.status.value} (exit code {state.exit_code}) "
+                    "before it was ready; "
+                    f"check that {self._settings.image} starts its kernel (make images)"
+                )
+
+    async def destroy(self, kernel: DockerKernel) -> None:
+        if kernel.destroyed:
+            return
+        kernel.destroyed = True
+        kernel.conn.close()
+        kernel.cgroup.close()
+        if kernel.pidfd is not None:
+            os.close(kernel.pidfd)
+            kernel.pidfd = None
+        await self._engine.remove(kernel.container_id, kernel.files.host_dir)
+
+    def alive(self, kernel: DockerKernel) -> bool | None:
+        if kernel.destroyed:
+            return False
+        if kernel.pidfd is None:
+            return None
+        readable, _, _ = select.select([kernel.pidfd], [], [], 0)
+        return not readable
+
+    async def activate(self, kernel: DockerKernel) -> None:
+        """Give a leased kernel the normal CPU weight (spares run at a low one). Never raises."""
+        engine = self._engine
+        with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
+            await engine.call(
+                "control", lambda: engine.docker.api.update_container(kernel.container_id, cpu_shares=ACTIVE_CPU_SHARES)
+            )
+
+    async def update_limits(self, kernel: DockerKernel, spec: SandboxSpec) -> None:
+        """Change a running sandbox's memory and CPU limits (used when a session asks for its own).
+
+        Raises:
+            InvalidLimits: the engine refused the limits (e.g. memory below what the kernel uses).
+        """
+        # Off the request's path: the first cells may run at the spare weight for a few ms.
+        task = asyncio.get_running_loop().create_task(self.activate(kernel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        if spec == kernel.spec:
+            return
+        engine = self._engine
+        mem = f"{spec.memory_mb}m"
+        try:
+            await engine.call(
+                "control",
+                lambda: engine.docker.api.update_container(
+                    kernel.container_id,
+                    mem_limit=mem,
+                    memswap_limit=mem,
+                    cpu_period=100_000,
+                    cpu_quota=int(spec.cpus * 100_000),
+                ),
+            )
+        except docker.errors.APIError as exc:
+            raise InvalidLimits(f"the sandbox refused these limits: {exc.explanation}") from exc
+        kernel.spec = spec
+
+    async def inspect(self, kernel: DockerKernel) -> SandboxState:
+        """How the sandbox is doing: the engine's view, or the init's pidfd when the engine is away.
+
+        Raises:
+            EngineUnavailable: the engine does not answer and the pidfd cannot tell.
+        """
+        engine = self._engine
+        try:
+            attrs = await engine.call("control", lambda: engine.docker.api.inspect_container(kernel.container_id))
+        except SandboxGone:
+            return SandboxState(SandboxStatus.GONE)
+        except EngineUnavailable:
+            # An unreachable engine says nothing about the kernel, which is reached over IPC:
+            # answer from the pidfd when we have one (dockerd's stop ends its containers).
+            alive = self.alive(kernel)
+            if alive is None:
+                raise
+            return SandboxState(SandboxStatus.RUNNING if alive else SandboxStatus.GONE)
+        state = attrs.get("State", {})
+        if state.get("Running") and not state.get("Paused"):
+            return SandboxState(SandboxStatus.RUNNING)
+        if state.get("OOMKilled"):
+            return SandboxState(SandboxStatus.OOM_KILLED, state.get("ExitCode"))
+        if state.get("Running"):
+            return SandboxState(SandboxStatus.RUNNING)
+        return SandboxState(SandboxStatus.EXITED, state.get("ExitCode"))
+
+    async def signal(self, kernel: DockerKernel, sig: str) -> None:
+        """Send a signal through the container's init (SIGKILL ends the whole cgroup)."""
+        engine = self._engine
+        with contextlib.suppress(SandboxGone, docker.errors.APIError):
+            await engine.call("control", lambda: engine.docker.api.kill(kernel.container_id, signal=sig))
+
+
+def _open_init_pidfd(pid: object, container_id: str) -> int | None:
+    """A pidfd of the container's init, if this process sees the engine's pid namespace.
+
+    The pid the engine reports is only meaningful here when ``/proc/<pid>/cgroup`` names the
+    container; otherwise (the service itself in a container) liveness falls back to the engine.
+    """
+    if not isinstance(pid, int) or pid <= 0 or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as fh:
+            if container_id.encode() in fh.read():
+                return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def seal_dir(path: Path) -> None:
+    """Make a kernel's shared directory read-only for the sandbox, without following links.
+
+    Removes the connection file (it holds the kernel's key and is owned by the sandbox user,
+    who could otherwise grow it without bound) and gives the directory to the service's user,
+    mode 0755: the sandbox can still reach its sockets but can no longer create, rename or
+    delete anything in it. Everything is done through a descriptor opened with O_NOFOLLOW.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("connection.json", dir_fd=fd)
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
