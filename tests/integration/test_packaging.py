@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+PIP_DRY_RUN = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
+PIP_DRY_RUN += ["--disable-pip-version-check"]
 
 # httpx and pydantic, and what they need; nothing of the service (FastAPI, docker, zmq, ...).
 SDK_CLOSURE = {
@@ -33,8 +35,7 @@ SDK_CLOSURE = {
 def _resolve(requirement: str, tmp_path: Path) -> set[str]:
     report = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
-        + ["--disable-pip-version-check", "--report", str(report), requirement],
+        [*PIP_DRY_RUN, "--report", str(report), requirement],
         cwd=ROOT,
         capture_output=True,
         text=True,
