@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test images engine install lint bench clean compose-up compose-down
+.PHONY: run test test-unit images engine install lint bench clean compose-up compose-down
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: install images
 ## test: the whole suite against a real engine, real images and real kernels
 test: install images
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-unit: the unit tests only (fakes at the seams; no engine, no image), in seconds
+test-unit: install
+	$(PY) -m pytest -m "not integration" tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check service clients tests bench

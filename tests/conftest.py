@@ -16,6 +16,13 @@ import pytest
 from execbox_server.testing import LocalServer, start_server
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ is marked ``integration`` (``make test-unit`` skips it)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 def docker_ok() -> bool:
     try:
         import docker
