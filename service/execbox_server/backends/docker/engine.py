@@ -87,7 +87,16 @@ class Engine:
 
         Raises:
             EngineUnavailable: the engine does not answer.
+            PermissionError: the service does not run as root (see below).
         """
+        if os.geteuid() != 0:
+            # Each sandbox gets a directory owned by the sandbox user for its sockets, sealed
+            # (given to root, 0755) once the kernel is up. Without root that takes world-writable
+            # directories, which a host user could fill or swap things into: refuse instead.
+            raise PermissionError(
+                "execbox must run as root (it controls the Docker engine, which is root anyway): without it, "
+                "sandbox socket directories would have to be world-writable"
+            )
         settings = self.settings
         instances = settings.state_dir / "instances"
         instances.mkdir(parents=True, exist_ok=True)
