@@ -93,3 +93,12 @@ def test_sealing_removes_the_connection_file_and_ignores_a_symlinked_directory(t
     with pytest.raises(OSError):
         seal_dir(tmp_path / "link")
     assert outside.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_non_root_service_refuses_to_start_rather_than_open_its_directories(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(PermissionError, match="must run as root"):
+        await engine.open()
+    assert not engine.kernels_dir.exists()
