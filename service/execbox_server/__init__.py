@@ -10,6 +10,7 @@ def serve(settings: Settings | None = None) -> None:
     """Run the service with uvicorn (one worker: the pool lives in this process)."""
     import uvicorn
 
+    from execbox_server.edge import guarded_protocol
     from execbox_server.observability import configure_logging
 
     settings = settings or Settings()
@@ -21,7 +22,8 @@ def serve(settings: Settings | None = None) -> None:
         workers=1,
         # pyzmq's asyncio integration measured ~1 ms slower per execution under uvloop.
         loop="asyncio",
-        http="httptools",
+        # httptools plus the deadlines uvicorn lacks (request head, stalled body): slowloris.
+        http=guarded_protocol(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s),
         log_level="info",
         # SIGTERM: stop accepting, let running requests finish this long, then the lifespan
         # shutdown removes every container.

@@ -10,17 +10,20 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.core import CounterMetricFamily, Metric
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox_server.api import batch, execute, files, health, sessions
-from execbox_server.api.deps import Services
+from execbox_server.api.deps import Services, authenticate
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
-from execbox_server.errors import error_response, install_error_handlers
+from execbox_server.errors import Unauthorized, error_response, install_error_handlers
 from execbox_server.executor import Executor
 from execbox_server.observability import Metrics, RequestLog, gauge
 from execbox_server.pool import KernelPool
+from execbox_server.quotas import QuotaLimits, Quotas
 from execbox_server.sessions import SessionManager
 from execbox_server.settings import Settings
 
@@ -58,6 +61,7 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
             sessions=manager,
             batch=batch_runner,
             metrics=metrics,
+            quotas=Quotas(QuotaLimits.from_settings(settings), sessions_held=lambda owner: len(manager.list(owner))),
         )
         metrics.observe_gauges(lambda: _live_metrics(app.state.services))
         pool.start()
@@ -87,13 +91,18 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
     app.include_router(execute.router)
     app.include_router(batch.router)
     app.include_router(files.router)
-    app.add_middleware(RequestLog, metrics=metrics)
+    # The last added runs first: RequestLog -> KeyCheck -> BodySizeLimit. The key is checked
+    # before the size: an unauthenticated caller learns nothing, and no body byte is read for
+    # it. (That a client still sending its body can read such an early answer is the HTTP
+    # protocol's part: see execbox_server.edge.)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_code_bytes * 2 + 65_536,
         batch_max_bytes=settings.max_batch_body_bytes,
         file_max_bytes=settings.max_file_bytes + 65_536,
     )
+    app.add_middleware(KeyCheck, keys=settings.api_keys)
+    app.add_middleware(RequestLog, metrics=metrics)
     return app
 
 
@@ -134,6 +143,39 @@ async def _shutdown(services: Services) -> None:
     await services.backend.close()
 
 
+class KeyCheck:
+    """Refuse a ``/v1`` request without a valid key before any byte of its body is read.
+
+    FastAPI reads and parses a request's body before it resolves dependencies, so the check
+    in ``get_owner`` alone lets anyone make the server read and parse up to the body limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: list[SecretStr]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and _is_api_path(str(scope.get("path", ""))):
+            authorization = _header(scope, b"authorization")
+            try:
+                authenticate(self.keys, authorization.decode("latin-1"))
+            except Unauthorized as exc:
+                await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+def _is_api_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413, also when no Content-Length is sent."""
 
@@ -167,7 +209,7 @@ class BodySizeLimit:
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise _TooLarge(message)
             return msg
 
         try:
@@ -176,5 +218,9 @@ class BodySizeLimit:
             await error_response(413, "request_too_large", message)(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while it reads the body
+    # into "400 There was an error parsing the body"; this one it re-raises, and the app's
+    # handler answers 413 request_too_large.
+    def __init__(self, message: str) -> None:
+        super().__init__(413, detail=message)

@@ -4,6 +4,7 @@
     ├── SessionNotFound               404 session_not_found
     ├── SessionBusy                   409 session_busy
     ├── SessionLimitReached           429 too_many_sessions
+    ├── QuotaExceeded                 429 quota_exceeded (Retry-After): one API key's share is used up
     ├── InvalidLimits                 422 invalid_limits
     ├── RequestTooLarge               413 request_too_large
     ├── Unauthorized                  401 unauthorized
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidLimits",
     "PoolClosed",
     "PoolExhausted",
+    "QuotaExceeded",
     "RequestTooLarge",
     "SandboxStartFailed",
     "ServiceError",
@@ -71,6 +73,13 @@ class SessionBusy(ServiceError):
 class SessionLimitReached(ServiceError):
     status_code = 429
     code = "too_many_sessions"
+
+
+class QuotaExceeded(ServiceError):
+    """One API key holds its share of a resource; other keys are still served."""
+
+    status_code = 429
+    code = "quota_exceeded"
 
 
 class InvalidLimits(ServiceError):

@@ -83,6 +83,41 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(10_000, ge=1, description="Most jobs in one batch request.")
     max_batch_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest batch request body.")
 
+    # --- the HTTP edge: per-key quotas and slow clients
+    # Unset quotas are derived from the global limits when two or more keys are configured
+    # (half each, so no one key can starve another); with one key or none there is one
+    # tenant, and a share below the global limit would only turn work away.
+    key_max_sessions: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Sessions one API key may hold at once; a running one-shot execution counts as one (it holds a kernel). "
+            "Unset: half of min(EXECBOX_MAX_SESSIONS, EXECBOX_MAX_TOTAL) with two or more keys, else no per-key limit."
+        ),
+    )
+    key_max_executions: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Executions one API key may run at once (session and one-shot, streamed or not). "
+            "Unset: half of EXECBOX_MAX_TOTAL with two or more keys, else no per-key limit."
+        ),
+    )
+    key_max_batch_workers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Batch workers one API key's batches may use at once. "
+            "Unset: half of EXECBOX_BATCH_WORKERS with two or more keys, else no per-key limit."
+        ),
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection whose request line and headers take longer than this is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body that stalls this long between two reads is abandoned and closed."
+    )
+
     # --- operations
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     log_level: str = Field("INFO", description="Log level.")

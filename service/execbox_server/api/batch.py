@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from execbox._models import BatchRequest, BatchResponse, BatchResult
 from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
-from execbox_server.api.validation import check_code_size
+from execbox_server.api.validation import QUOTA_RESPONSE, check_code_size
 from execbox_server.errors import RequestTooLarge
 from execbox_server.settings import Settings
 
@@ -26,9 +26,15 @@ def _check(body: BatchRequest, settings: Settings) -> None:
         check_code_size(job.code, settings)
 
 
+def _lanes(body: BatchRequest, settings: Settings) -> int:
+    """Workers this batch would use without a quota (the runner's own rule)."""
+    return min(len(body.jobs), settings.batch_workers, body.concurrency or len(body.jobs))
+
+
 @router.post(
     "/batch",
     response_model=BatchResponse,
+    responses=QUOTA_RESPONSE,
     summary="Run many programs, each in a fresh forked process; results in input order",
 )
 async def batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
@@ -38,13 +44,15 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
     async def collect(result: BatchResult) -> None:
         results.append(result)
 
-    task = asyncio.ensure_future(services.batch.run(owner, body.jobs, collect, concurrency=body.concurrency))
+    async with services.quotas.batch(owner, _lanes(body, services.settings)) as slot:
+        # Fewer lanes than asked when the key's share is partly used: slower, same results.
+        task = asyncio.ensure_future(services.batch.run(owner, body.jobs, collect, concurrency=slot.granted))
 
-    def stop() -> None:
-        task.cancel()  # the client went away: stop feeding workers
+        def stop() -> None:
+            task.cancel()  # the client went away: stop feeding workers
 
-    async with on_client_disconnect(request, stop):
-        summary = await task
+        async with on_client_disconnect(request, stop):
+            summary = await task
     results.sort(key=lambda r: r.index)
     return model_response(BatchResponse(results=results, summary=summary))
 
@@ -52,16 +60,23 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
 @router.post(
     "/batch/stream",
     responses={
-        200: {"content": {NDJSON: {}}, "description": "One `result` line per job as it completes, then `summary`"}
+        **QUOTA_RESPONSE,
+        200: {"content": {NDJSON: {}}, "description": "One `result` line per job as it completes, then `summary`"},
     },
     response_class=Response,
     summary="Run many programs; stream each result as NDJSON in completion order",
 )
 async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
     _check(body, services.settings)
-    # Taken now so that "no worker free" is a 503 with Retry-After, not a line in a 200 stream.
-    first = await services.batch.reserve(owner)
+    # Taken now so that "over quota" is a 429 and "no worker free" a 503 with Retry-After,
+    # not a line in a 200 stream; the quota is given back when the batch ends.
+    slot = services.quotas.batch(owner, _lanes(body, services.settings))
+    try:
+        first = await services.batch.reserve(owner)
+    except BaseException:
+        slot.release()
+        raise
     return ndjson_stream(
-        lambda emit: services.batch.run(owner, body.jobs, emit, concurrency=body.concurrency, first=first),
+        lambda emit: slot.hold(services.batch.run(owner, body.jobs, emit, concurrency=slot.granted, first=first)),
         tasks=services.tasks,  # a client that goes away cancels the batch: workers stop being fed
     )

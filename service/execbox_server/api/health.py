@@ -27,7 +27,8 @@ async def metrics(services: ServicesDep) -> Response:
 @router.get("/readyz", summary="Ready to serve: engine reachable and the pool warm")
 async def readyz(services: ServicesDep) -> Any:
     try:
-        await services.backend.ping()
+        # Cached: this route is open to anyone, and one engine call per probe is a lever.
+        await services.engine_probe.check()
     except EngineUnavailable as exc:
         return error_response(503, exc.code, exc.message, exc.headers())
     stats = services.pool.stats()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 from execbox._models import ExecuteRequest, Execution, SessionCreate, SessionInfo
 from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.api.streaming import NDJSON, done_event, model_response, ndjson_stream, on_client_disconnect
-from execbox_server.api.validation import check_code_size
+from execbox_server.api.validation import QUOTA_RESPONSE, check_code_size
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -19,9 +19,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionInfo, summary="Create a session")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionInfo,
+    responses={401: _ERRORS[401], **QUOTA_RESPONSE},
+    summary="Create a session",
+)
 async def create_session(services: ServicesDep, owner: Owner, body: SessionCreate | None = None) -> Response:
-    return model_response(await services.sessions.create(owner, body or SessionCreate()), status.HTTP_201_CREATED)
+    async with services.quotas.session(owner):
+        info = await services.sessions.create(owner, body or SessionCreate())
+    return model_response(info, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[SessionInfo], summary="List your sessions")
@@ -49,21 +57,22 @@ async def delete_session(session_id: str, services: ServicesDep, owner: Owner) -
 @router.post(
     "/{session_id}/execute",
     response_model=Execution,
-    responses={**_ERRORS, 409: {"description": "Another execution is running"}},
+    responses={**_ERRORS, 409: {"description": "Another execution is running"}, **QUOTA_RESPONSE},
     summary="Run code in the session and return the whole Execution",
 )
 async def execute(
     session_id: str, body: ExecuteRequest, request: Request, services: ServicesDep, owner: Owner
 ) -> Response:
     check_code_size(body.code, services.settings)
-    session = services.sessions.reserve(owner, session_id)
+    async with services.quotas.execution(owner):
+        session = services.sessions.reserve(owner, session_id)
 
-    def on_disconnect() -> None:
-        if session.interrupt is not None:
-            session.interrupt.set()
+        def on_disconnect() -> None:
+            if session.interrupt is not None:
+                session.interrupt.set()
 
-    async with on_client_disconnect(request, on_disconnect):
-        execution = await services.sessions.run_reserved(session, body)
+        async with on_client_disconnect(request, on_disconnect):
+            execution = await services.sessions.run_reserved(session, body)
     return model_response(execution)
 
 
@@ -72,6 +81,7 @@ async def execute(
     responses={
         **_ERRORS,
         409: {"description": "Another execution is running"},
+        **QUOTA_RESPONSE,
         200: {"content": {NDJSON: {}}, "description": "NDJSON events, the last one `done`"},
     },
     response_class=Response,
@@ -79,14 +89,21 @@ async def execute(
 )
 async def execute_stream(session_id: str, body: ExecuteRequest, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
-    session = services.sessions.reserve(owner, session_id)
+    # Taken before the stream starts, so that a key over its quota gets a 429, not a 200
+    # stream ending in an error line; given back when the execution ends, not the response.
+    slot = services.quotas.execution(owner)
+    try:
+        session = services.sessions.reserve(owner, session_id)
+    except BaseException:
+        slot.release()
+        raise
 
     def on_disconnect() -> None:
         if session.interrupt is not None:
             session.interrupt.set()
 
     return ndjson_stream(
-        lambda emit: done_event(services.sessions.run_reserved(session, body, emit)),
+        lambda emit: slot.hold(done_event(services.sessions.run_reserved(session, body, emit))),
         on_disconnect=on_disconnect,
         tasks=services.tasks,
     )
