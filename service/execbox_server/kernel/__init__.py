@@ -1,7 +1,17 @@
 """The only place raw Jupyter messages exist."""
 
 from execbox_server.kernel.connection import ConnectionFiles, KernelConnection, KernelNotReady
-from execbox_server.kernel.events import ClearOutput, Display, Error, Idle, KernelEvent, Reply, Stream
+from execbox_server.kernel.events import (
+    ClearOutput,
+    Display,
+    Error,
+    Idle,
+    KernelEvent,
+    Malformed,
+    Reply,
+    Stream,
+    Traffic,
+)
 
 __all__ = [
     "ClearOutput",
@@ -12,6 +22,8 @@ __all__ = [
     "KernelConnection",
     "KernelEvent",
     "KernelNotReady",
+    "Malformed",
     "Reply",
     "Stream",
+    "Traffic",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClearOutput", "Display", "Error", "Idle", "KernelEvent", "Reply", "Stream"]
+__all__ = ["ClearOutput", "Display", "Error", "Idle", "KernelEvent", "Malformed", "Reply", "Stream", "Traffic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +51,29 @@ class Reply:
     traceback: list[str] = field(default_factory=list)
 
 
-KernelEvent = Stream | Display | Error | ClearOutput | Idle | Reply
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """The kernel broke the protocol: a message that is not a well-formed, signed Jupyter
+    message, or raw bytes that are not ZMTP. Only code inside the sandbox can cause this, and
+    after it the kernel's replies can no longer be trusted."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Everything received from one kernel since its connection opened, whatever it was.
+
+    The executor budgets an execution by the growth of these counters, so messages it never
+    sees as events (other parents, unknown types, bad signatures, dropped oversized ones)
+    cost the sandbox exactly as much as output does.
+    """
+
+    messages: int = 0  # whole messages and ZMTP commands, on every channel
+    bytes: int = 0  # raw bytes read from the kernel's sockets
+    ignored: int = 0  # well-formed, but for another request or of a type the service does not use
+    malformed: int = 0
+    oversized: int = 0  # dropped unread: larger than the per-message cap
+
+
+KernelEvent = Stream | Display | Error | ClearOutput | Idle | Reply | Malformed
