@@ -16,10 +16,11 @@ is reported at once with the matching status instead of at the deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from execbox._models import (
@@ -44,8 +45,10 @@ from execbox_server.kernel import (
     KernelConnection,
     KernelEvent,
     KernelNotReady,
+    Malformed,
     Reply,
     Stream,
+    Traffic,
 )
 from execbox_server.output import HeadTail, strip_ansi
 
@@ -60,6 +63,11 @@ MAX_TRACEBACK_LINES = 200
 MAX_TRACEBACK_LINE = 2_000
 MAX_TRACEBACK_BYTES = 64_000
 MIN_TRACEBACK_BYTES = 4_000
+MAX_ERROR_NAME = 256
+# Received bytes allowed on top of 16x the output budget: message envelopes (~600 bytes
+# each) and the kernel's echo of the code (execute_input), which may be JSON-escaped.
+ENVELOPE_ALLOWANCE = 4 * 1024 * 1024
+CODE_ECHO_FACTOR = 6
 
 
 class _HasConn(Protocol):
@@ -80,7 +88,7 @@ class SandboxControl(Protocol):
 
     def reset_peak_memory(self, kernel: Any) -> None: ...
 
-    async def sweep_processes(self, kernel: Any) -> None: ...
+    async def sweep_processes(self, kernel: Any) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,15 @@ class ExecLimits:
     """Bounds of one execution.
 
     ``max_output_bytes`` is the whole budget of kept output: stdout keeps head and tail
-    within half of it, stderr within a quarter, rich results and the traceback share the
-    last quarter. Past ``max_output_messages`` messages (or 16x the budget received), the
-    code is stopped with status ``output_limit``: a flood must not cost the server its CPU.
+    within half of it, stderr within a quarter, rich results (data and metadata) and the
+    error (name, value, traceback) share the last quarter. Every field that reaches a
+    response counts; only truncation markers come on top.
+
+    Everything the kernel sends while the code runs counts against a second budget, whatever
+    its channel, type or parent: past ``max_output_messages`` messages, ``max_messages_per_s``
+    in a second, or 16x ``max_output_bytes`` received (plus an allowance for envelopes and
+    the code's echo), the code is stopped with status ``output_limit``: a flood must not
+    cost the server its CPU.
     """
 
     timeout_s: float
@@ -114,12 +128,14 @@ class ExecOutcome:
 class _Collector:
     """Accumulates one execution's output under the caps and forwards stream events."""
 
-    def __init__(self, limits: ExecLimits, on_event: OnEvent | None) -> None:
+    def __init__(self, limits: ExecLimits, on_event: OnEvent | None, traffic: Traffic, *, code_bytes: int) -> None:
         self.limits = limits
         self.on_event = on_event
         self.stdout = HeadTail(limits.max_output_bytes // 2)
         self.stderr = HeadTail(limits.max_output_bytes // 4)
         self.rich_left = limits.rich_budget
+        # Results may not take the last of the rich budget: an error must still fit.
+        self.error_reserve = min(MIN_TRACEBACK_BYTES, limits.rich_budget // 2)
         self.results: list[Result] = []
         self.dropped_results = 0
         self.sandbox_dropped = {"stdout": 0, "stderr": 0}
@@ -127,47 +143,59 @@ class _Collector:
         self.dropped_tb_lines = 0
         self.reply: Reply | None = None
         self.idle = False
-        self.messages = 0
-        self.received_bytes = 0
+        self.emit_deadline = asyncio.get_running_loop().time() + limits.timeout_s
+        self.unsent_events = 0
+        self._traffic = traffic
+        self._base = replace(traffic)
+        self._byte_budget = 16 * limits.max_output_bytes + CODE_ECHO_FACTOR * code_bytes + ENVELOPE_ALLOWANCE
         self._window_start = time.monotonic()
-        self._window_count = 0
+        self._window_base = traffic.messages
 
-    def _count_message(self) -> None:
-        now = time.monotonic()
-        if now - self._window_start >= 1.0:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        self.messages += 1
+    def start(self) -> None:
+        """Count from now: what the request's send dropped from earlier requests is not ours."""
+        self._base = replace(self._traffic)
+        self._window_start, self._window_base = time.monotonic(), self._traffic.messages
 
     @property
-    def flooding(self) -> bool:
+    def messages(self) -> int:
+        return self._traffic.messages - self._base.messages
+
+    @property
+    def received_bytes(self) -> int:
+        return self._traffic.bytes - self._base.bytes
+
+    def over_budget(self) -> bool:
+        """Whether the kernel has sent more than this execution allows (any message counts)."""
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_base = now, self._traffic.messages
         return (
             self.messages > self.limits.max_output_messages
-            or self._window_count > self.limits.max_messages_per_s
-            or self.received_bytes > 16 * self.limits.max_output_bytes
+            or self._traffic.messages - self._window_base > self.limits.max_messages_per_s
+            or self.received_bytes > self._byte_budget
         )
 
     async def feed(self, event: KernelEvent) -> None:
         if isinstance(event, Stream):
-            self._count_message()
-            self.received_bytes += len(event.text)
             name = "stdout" if event.name == "stdout" else "stderr"
             self.sandbox_dropped[name] += event.dropped
             buf = self.stdout if name == "stdout" else self.stderr
             kept = buf.add(event.text)
-            if kept and self.on_event is not None:
+            if kept:
                 cls = StdoutEvent if name == "stdout" else StderrEvent
-                await self.on_event(cls(text=kept))
+                await self._emit(cls(text=kept))
         elif isinstance(event, Display):
-            self._count_message()
             await self._display(event)
         elif isinstance(event, Error):
+            if self.rich_left <= 0:
+                # Nothing of it can be kept: counted, not streamed.
+                self.dropped_tb_lines += len(event.traceback) + 1
+                return
             self.error = self._error(event.ename, event.evalue, event.traceback)
-            if self.on_event is not None:
-                await self.on_event(ErrorEvent(error=self.error))
+            await self._emit(ErrorEvent(error=self.error))
         elif isinstance(event, Reply):
             self.reply = event
-            if event.status == "error" and self.error is None and event.ename:
+            if event.status == "error" and self.error is None and event.ename is not None:
                 self.error = self._error(event.ename, event.evalue or "", event.traceback)
         elif isinstance(event, Idle):
             self.idle = True
@@ -182,6 +210,8 @@ class _Collector:
             self.sandbox_dropped["stdout" if event.name == "stdout" else "stderr"] += len(event.text) + event.dropped
         elif isinstance(event, Display):
             self.dropped_results += 1
+        elif isinstance(event, Error):
+            self.dropped_tb_lines += len(event.traceback) + 1
         elif isinstance(event, Reply):
             self.reply = event
         elif isinstance(event, Idle):
@@ -190,49 +220,66 @@ class _Collector:
     async def _display(self, event: Display) -> None:
         if event.dropped:
             self.dropped_results += 1
-        sizes = {mime: _size(value) for mime, value in event.data.items()}
-        self.received_bytes += sum(sizes.values())
-        data = dict(event.data)
         if len(self.results) >= self.limits.max_results:
             self.dropped_results += 1
             return
-        if sum(sizes.values()) > self.rich_left:
-            # Keep what fits, preferring text/plain (cut to fit) over images and HTML.
-            data = {}
+        room = self.rich_left - self.error_reserve
+        data: dict[str, Any] = dict(event.data)
+        metadata: dict[str, Any] = dict(event.metadata)
+        size = _size(data) + _size(metadata)
+        if size > room:
+            # Keep what fits, preferring text/plain (cut to fit) over images and HTML;
+            # metadata goes first (it describes what was dropped).
+            data, metadata = {}, {}
             plain = event.data.get("text/plain")
-            if isinstance(plain, str) and self.rich_left > 256:
-                buf = HeadTail(self.rich_left - 128)
+            if isinstance(plain, str) and room > 256:
+                buf = HeadTail(room - 128)
                 buf.add(plain)
                 data["text/plain"] = buf.text()
             self.dropped_results += 1
             if not data:
                 return
-            sizes = {mime: _size(value) for mime, value in data.items()}
-        self.rich_left -= sum(sizes.values())
-        result = Result(data=_clean(data), metadata=_clean(event.metadata), is_main_result=event.is_main)
+            size = _size(data)
+        self.rich_left -= size
+        result = Result(data=_clean(data), metadata=_clean(metadata), is_main_result=event.is_main)
         self.results.append(result)
-        if self.on_event is not None:
-            await self.on_event(ResultEvent(result=result))
+        await self._emit(ResultEvent(result=result))
+
+    async def _emit(self, event: ExecutionEvent) -> None:
+        """Forward an event; a reader that does not keep up never holds us past the deadline.
+
+        The event is then left out of the stream (the final Execution still has it).
+        """
+        if self.on_event is None:
+            return
+        try:
+            async with asyncio.timeout_at(self.emit_deadline):
+                await self.on_event(event)
+        except TimeoutError:
+            self.unsent_events += 1
 
     def _error(self, name: str, value: str, traceback: list[str]) -> ExecutionError:
+        """The error as kept: name, value and traceback all come out of the rich budget."""
+        budget = max(0, self.rich_left)
+        name, _ = _fit(_valid(strip_ansi(name)), min(MAX_ERROR_NAME, budget))
+        budget -= _nbytes(name)
+        value, _ = _fit(_valid(strip_ansi(value)), min(MAX_TRACEBACK_LINE * 4, budget))
+        budget -= _nbytes(value)
         lines: list[str] = []
         for entry in traceback:
             lines.extend(_valid(strip_ansi(entry)).splitlines())
         lines = [line if len(line) <= MAX_TRACEBACK_LINE else line[:MAX_TRACEBACK_LINE] + " [...]" for line in lines]
-        # The traceback shares the rich budget, but always keeps at least its last lines.
-        budget = max(MIN_TRACEBACK_BYTES, min(self.rich_left, MAX_TRACEBACK_BYTES))
-        max_lines = MAX_TRACEBACK_LINES
-        while max_lines > 8 and sum(len(line) + 1 for line in _head_tail(lines, max_lines)) > budget:
-            max_lines //= 2
+        budget = min(budget, MAX_TRACEBACK_BYTES)
+        max_lines = min(MAX_TRACEBACK_LINES, len(lines))
+        while max_lines > 0 and sum(_nbytes(line) + 1 for line in _head_tail(lines, max_lines)) > budget:
+            max_lines = max_lines // 2 if max_lines > 8 else max_lines - 1
+        kept = _head_tail(lines, max_lines)
+        self.rich_left -= _nbytes(name) + _nbytes(value) + sum(_nbytes(line) + 1 for line in kept)
         if len(lines) > max_lines:
-            self.dropped_tb_lines = len(lines) - max_lines
-            marker = f"[... {self.dropped_tb_lines} traceback lines truncated ...]"
-            head, tail = lines[: max_lines // 2], lines[len(lines) - max_lines // 2 :]
-            lines = [*head, marker, *tail]
-        value = _valid(strip_ansi(value))
-        if len(value) > MAX_TRACEBACK_LINE * 4:
-            value = value[: MAX_TRACEBACK_LINE * 4] + " [...]"
-        return ExecutionError(name=_valid(strip_ansi(name)), value=value, traceback=lines)
+            self.dropped_tb_lines += len(lines) - max_lines
+            marker = f"[... {len(lines) - max_lines} traceback lines truncated ...]"
+            lines = [*kept[: max_lines // 2], marker, *kept[max_lines // 2 :]]
+        return ExecutionError(name=name, value=value, traceback=lines)
 
     def build(
         self,
@@ -300,10 +347,12 @@ class Executor:
         """
         started = time.monotonic()
         deadline = started + limits.timeout_s
-        col = _Collector(limits, on_event)
+        conn = kernel.conn
+        col = _Collector(limits, on_event, conn.traffic, code_bytes=len(code.encode("utf-8", "replace")))
         self._control.reset_peak_memory(kernel)
         usage_before = self._control.usage(kernel)
-        msg_id = kernel.conn.execute(code)
+        msg_id = conn.execute(code)
+        col.start()
 
         async def resources() -> Resources:
             return _resources(usage_before, self._control.usage(kernel), started)
@@ -311,6 +360,8 @@ class Executor:
         stop_reason: ExecutionStatus | None = None
         last_check = reply_at = started
         while True:
+            # Checked on every turn, however fast messages arrive: next_event hands control
+            # back after a bounded batch of messages even when none of them is an event.
             if col.reply is not None and col.idle:
                 break
             now = time.monotonic()
@@ -320,12 +371,14 @@ class Executor:
             if interrupted is not None and interrupted.is_set():
                 stop_reason = ExecutionStatus.INTERRUPTED
                 break
-            if col.flooding:
+            if col.over_budget():
                 stop_reason = ExecutionStatus.OUTPUT_LIMIT
                 break
             # Short polls only while someone may interrupt; message arrival ends a poll at once.
             wait = min(deadline - now, POLL_S if interrupted is not None else LIVENESS_INTERVAL_S)
-            event = await kernel.conn.next_event(msg_id, wait)
+            event = await conn.next_event(msg_id, wait)
+            if isinstance(event, Malformed):
+                return await self._malformed(kernel, col, event, started, resources)
             if event is not None:
                 await col.feed(event)
                 if isinstance(event, Reply):
@@ -347,9 +400,29 @@ class Executor:
             assert col.reply is not None
             status = ExecutionStatus.OK if col.reply.status == "ok" else ExecutionStatus.ERROR
             if status is ExecutionStatus.ERROR and col.error is None:
-                col.error = ExecutionError(name="Error", value=f"kernel replied {col.reply.status}")
+                col.error = ExecutionError(name="Error", value=f"kernel replied {col.reply.status[:64]}")
             return ExecOutcome(col.build(status, started=started, resources=await resources()), kernel_usable=True)
         return await self._stop(kernel, msg_id, col, stop_reason, limits, started, resources)
+
+    async def _malformed(
+        self,
+        kernel: _HasConn,
+        col: _Collector,
+        event: Malformed,
+        started: float,
+        resources: Callable[[], Awaitable[Resources]],
+    ) -> ExecOutcome:
+        """The kernel broke the protocol: nothing it says can be trusted any more, replace it."""
+        usage = await resources()
+        await self._control.kill(kernel)
+        message = (
+            f"the kernel sent {event.reason}; only code in the sandbox can cause this, so the kernel "
+            "was replaced and variables are lost"
+        )
+        execution = col.build(
+            ExecutionStatus.KERNEL_DIED, started=started, state_lost=True, message=message, resources=usage
+        )
+        return ExecOutcome(execution, kernel_usable=False)
 
     async def _dead(
         self,
@@ -382,19 +455,20 @@ class Executor:
                 f"{col.received_bytes} bytes) and was stopped"
             ),
         }[reason]
-        muted = col.flooding
+        conn = kernel.conn
+        muted = reason is ExecutionStatus.OUTPUT_LIMIT
         if muted:
             # Stop listening to the flood while it is being stopped: parsing what is still in
             # flight would cost the server a core that other sessions need.
-            col.sandbox_dropped["stdout"] += kernel.conn.mute_output()
+            col.sandbox_dropped["stdout"] += conn.mute_output()
         # Step 1: ask politely on the control channel; step 2: SIGINT via the init. A flood
         # gets one short chance: a kernel that printed this much has a backlog that takes
         # seconds of CPU to drain, which its neighbours would pay for.
-        steps = (1,) if reason is ExecutionStatus.OUTPUT_LIMIT else (1, 2)
+        steps = (1,) if muted else (1, 2)
         for step in steps:
             if step == 1:
-                kernel.conn.interrupt()
-                grace = limits.interrupt_grace_s if reason is not ExecutionStatus.OUTPUT_LIMIT else 0.5
+                conn.interrupt()
+                grace = limits.interrupt_grace_s if not muted else 0.5
             else:
                 # The control thread may be dead (fd exhaustion, a broken kernel): a signal
                 # through the init needs nothing from the kernel. Short: it rarely helps.
@@ -402,30 +476,35 @@ class Executor:
                 grace = min(1.0, limits.interrupt_grace_s)
             grace_end = time.monotonic() + grace
             while col.reply is None and time.monotonic() < grace_end:
-                event = await kernel.conn.next_event(msg_id, max(0.01, grace_end - time.monotonic()))
-                if event is not None and not col.flooding:
+                event = await conn.next_event(msg_id, max(0.01, grace_end - time.monotonic()))
+                if isinstance(event, Malformed):
+                    return await self._malformed(kernel, col, event, started, resources)
+                if event is not None and not muted and not col.over_budget():
                     await col.feed(event)
                 elif event is not None:
-                    col.discard(event)  # still flooding: count it, keep only what ends the request
+                    col.discard(event)  # flooding: count it, keep only what ends the request
             if col.reply is not None and muted:
                 # Listen again, and make sure the output stream is back before the next cell.
                 try:
-                    await kernel.conn.unmute_output(timeout=max(1.0, limits.interrupt_grace_s))
+                    await conn.unmute_output(timeout=max(1.0, limits.interrupt_grace_s))
                 except KernelNotReady:
                     break  # no output stream: replace the kernel below
             if col.reply is not None:
                 # Collect the output the interrupt produced (the KeyboardInterrupt traceback).
                 idle_end = time.monotonic() + 0.5
                 while not col.idle and not muted and time.monotonic() < idle_end:
-                    event = await kernel.conn.next_event(msg_id, max(0.01, idle_end - time.monotonic()))
+                    event = await conn.next_event(msg_id, max(0.01, idle_end - time.monotonic()))
+                    if isinstance(event, Malformed):
+                        return await self._malformed(kernel, col, event, started, resources)
                     if event is None:
-                        break
-                    if col.flooding:
+                        continue
+                    if col.over_budget():
                         col.discard(event)
                     else:
                         await col.feed(event)
                 # Children that ignore SIGINT (subprocesses, forks) must not outlive the cell.
-                await self._control.sweep_processes(kernel)
+                if not await self._control.sweep_processes(kernel):
+                    break  # the sandbox could not be swept: replace it below
                 message = (
                     f"execution {what}; the kernel was interrupted and its state kept, "
                     "other processes in the sandbox were stopped"
@@ -435,7 +514,8 @@ class Executor:
             state = await self._control.inspect(kernel)
             if state.status is not SandboxStatus.RUNNING:
                 return await self._dead(col, state, started, resources)
-        # Step 3: the kernel ignores interrupts (signal handlers, C loops, SIGSTOP): kill it.
+        # Step 3: the kernel ignores interrupts (signal handlers, C loops, SIGSTOP), or could
+        # not be cleaned up: kill it.
         usage = await resources()
         await self._control.kill(kernel)
         message = f"execution {what}; the kernel did not respond to interrupts and was replaced, variables are lost"
@@ -455,13 +535,33 @@ def _resources(before: Usage, after: Usage, started: float) -> Resources:
 
 
 def _head_tail(lines: list[str], n: int) -> list[str]:
-    return lines if len(lines) <= n else [*lines[: n // 2], *lines[len(lines) - n // 2 :]]
+    if len(lines) <= n:
+        return lines
+    tail = n - n // 2
+    return [*lines[: n // 2], *lines[len(lines) - tail :]] if tail else lines[: n // 2]
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
 
 
 def _size(value: object) -> int:
+    """Bytes ``value`` takes in a JSON response (without escapes)."""
     if isinstance(value, str):
-        return len(value)
-    return len(repr(value))
+        return _nbytes(value)
+    try:
+        return _nbytes(json.dumps(value, ensure_ascii=False))
+    except (ValueError, TypeError, RecursionError):
+        return 1 << 62  # cannot be sent as it is: never fits
+
+
+def _fit(text: str, limit: int) -> tuple[str, int]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (a short marker on top), and the bytes cut."""
+    size = _nbytes(text)
+    if size <= limit:
+        return text, 0
+    kept = text.encode("utf-8", "replace")[: max(0, limit)].decode("utf-8", "ignore")
+    return kept + " [...]", size - _nbytes(kept)
 
 
 def _valid(text: str) -> str:

@@ -13,7 +13,7 @@ from execbox._models import ExecutionStatus, StdoutEvent
 from execbox_server.backends.base import SandboxState, SandboxStatus, Usage
 from execbox_server.executor import ExecLimits, Executor
 from execbox_server.kernel.connection import _to_event
-from execbox_server.kernel.events import Idle, KernelEvent, Reply, Stream
+from execbox_server.kernel.events import Display, Error, Idle, KernelEvent, Malformed, Reply, Stream, Traffic
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "recorded_messages.json").read_text())
 
@@ -27,6 +27,7 @@ class FakeConn:
         self.script = list(script)
         self.obeys_interrupt = obeys_interrupt
         self.interrupts = 0
+        self.traffic = Traffic()
 
     def execute(self, code: str) -> str:
         return "msg-1"
@@ -57,6 +58,8 @@ class FakeConn:
             return None
         await asyncio.sleep(delay)
         self.script.pop(0)
+        self.traffic.messages += 1
+        self.traffic.bytes += 600 + len(getattr(event, "text", ""))
         return event
 
 
@@ -86,8 +89,9 @@ class FakeControl:
     def reset_peak_memory(self, kernel: Any) -> None:
         pass
 
-    async def sweep_processes(self, kernel: Any) -> None:
+    async def sweep_processes(self, kernel: Any) -> bool:
         self.swept = True
+        return True
 
 
 def replay(index: int) -> list[tuple[float, KernelEvent]]:
@@ -210,3 +214,92 @@ async def test_resources_are_reported() -> None:
     ex = (await run(FakeConn(replay(0)))).execution
     assert ex.resources.cpu_ms == 0.0 and ex.resources.peak_memory_bytes == 50_000_000
     assert ex.resources.wall_ms >= 0
+
+
+class SilentFlood(FakeConn):
+    """A kernel whose every message is one the executor never sees as an event
+    (another parent, an unknown type, a bad signature): only the traffic grows."""
+
+    async def next_event(self, msg_id: str, timeout: float) -> KernelEvent | None:
+        if self.interrupts and self.obeys_interrupt:
+            return await super().next_event(msg_id, timeout)
+        self.traffic.messages += 64
+        self.traffic.bytes += 64 * 600
+        await asyncio.sleep(0.001)
+        return None
+
+
+async def test_messages_that_are_not_events_count_against_the_flood_budget() -> None:
+    limits = ExecLimits(timeout_s=20, interrupt_grace_s=0.2, max_output_bytes=4000, max_results=10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    outcome = await run(SilentFlood([]), limits=limits)
+    assert outcome.execution.status is ExecutionStatus.OUTPUT_LIMIT
+    assert outcome.execution.truncated and loop.time() - t0 < 5
+
+
+async def test_a_malformed_message_replaces_the_kernel_and_says_so() -> None:
+    control = FakeControl()
+    conn = FakeConn([(0.0, Stream("stdout", "before\n")), (0.0, Malformed("a malformed 'stream' message: x"))])
+    outcome = await run(conn, control)
+    ex = outcome.execution
+    assert ex.status is ExecutionStatus.KERNEL_DIED and ex.state_lost and not outcome.kernel_usable
+    assert control.killed and "malformed" in (ex.message or "") and ex.stdout == "before\n"
+
+
+def _kept_bytes(ex: Any) -> int:
+    size = len(ex.stdout.encode()) + len(ex.stderr.encode())
+    for r in ex.results:
+        size += len(json.dumps(r.data, ensure_ascii=False).encode())
+        size += len(json.dumps(r.metadata, ensure_ascii=False).encode())
+    if ex.error is not None:
+        size += len(ex.error.name.encode()) + len(ex.error.value.encode())
+        size += sum(len(line.encode()) + 1 for line in ex.error.traceback if not line.startswith("[... "))
+    return size
+
+
+async def test_metadata_error_names_and_values_count_against_max_output_bytes() -> None:
+    limits = ExecLimits(timeout_s=5, interrupt_grace_s=0.2, max_output_bytes=2000, max_results=10)
+    script: list[tuple[float, KernelEvent]] = [
+        (0.0, Display(data={"text/plain": "r"}, metadata={"m": "x" * 100_000}, is_main=False)),
+        (0.0, Display(data={"text/plain": "s"}, metadata={"deep": [[["y" * 1000] * 50]]}, is_main=False)),
+        (0.0, Error(ename="N" * 100_000, evalue="V" * 100_000, traceback=["T" * 500] * 100)),
+        (0.0, Error(ename="M" * 100_000, evalue="W" * 100_000, traceback=["U" * 500] * 100)),
+        (0.0, Idle()),
+        (0.0, Reply(status="error", execution_count=1, ename="N", evalue="V")),
+    ]
+    streamed: list[int] = []
+
+    async def on_event(event: Any) -> None:
+        streamed.append(len(event.model_dump_json()))
+
+    ex = (await run(FakeConn(script), limits=limits, on_event=on_event)).execution
+    assert ex.status is ExecutionStatus.ERROR and ex.truncated
+    # Everything kept fits the budget; only short truncation markers come on top.
+    assert _kept_bytes(ex) <= 2000, _kept_bytes(ex)
+    assert sum(streamed) <= 2000 + 600 * len(streamed)
+
+
+async def test_a_reader_that_never_reads_does_not_hold_the_execution_past_its_deadline() -> None:
+    async def stuck_reader(event: Any) -> None:
+        await asyncio.Event().wait()  # a full stream whose reader went away
+
+    script: list[tuple[float, KernelEvent]] = [(0.0, Stream("stdout", "x\n")), (10.0, Idle())]
+    limits = ExecLimits(timeout_s=0.5, interrupt_grace_s=0.2, max_output_bytes=1000, max_results=10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    outcome = await asyncio.wait_for(run(FakeConn(script), limits=limits, on_event=stuck_reader), 10)
+    assert outcome.execution.status is ExecutionStatus.TIMEOUT and outcome.kernel_usable
+    assert loop.time() - t0 < 2.5
+    assert outcome.execution.stdout == "x\n"
+
+
+async def test_a_sandbox_that_cannot_be_swept_is_replaced() -> None:
+    class Unsweepable(FakeControl):
+        async def sweep_processes(self, kernel: Any) -> bool:
+            return False
+
+    control = Unsweepable()
+    limits = ExecLimits(timeout_s=0.2, interrupt_grace_s=0.3, max_output_bytes=1000, max_results=10)
+    outcome = await run(FakeConn([(10.0, Idle())]), control, limits=limits)
+    assert outcome.execution.state_lost and not outcome.kernel_usable and control.killed
