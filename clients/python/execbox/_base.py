@@ -47,10 +47,11 @@ from execbox._models import (
     SessionCreate,
     StderrEvent,
     StdoutEvent,
+    lenient_json,
     parse_event,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "Callbacks", "ClientConfig", "MapCollector", "is_unsent"]
+__all__ = ["DEFAULT_TIMEOUT", "Callbacks", "ClientConfig", "LineSplitter", "MapCollector", "is_unsent"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -161,10 +162,10 @@ class ClientConfig:
         _raise_error_line(line, "batch")
         try:
             data = json.loads(line)
-            if data.get("type") == "summary":
+            if isinstance(data, dict) and data.get("type") == "summary":
                 return BatchSummary.model_validate(data)
             return BatchResult.model_validate(data)
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except (ValueError, RecursionError, ValidationError) as exc:
             raise StreamError(f"malformed line in the batch stream: {line[:200]!r}") from exc
 
     @staticmethod
@@ -205,7 +206,10 @@ class ClientConfig:
     @staticmethod
     def parse(response: httpx.Response, model: type[M]) -> M:
         try:
-            return model.model_validate_json(response.content)
+            try:
+                return model.model_validate_json(response.content)
+            except ValidationError as exc:
+                return model.model_validate(lenient_json(response.content, exc))
         except ValidationError as exc:
             raise ExecboxError(f"the server sent a response this SDK cannot read: {exc}") from exc
 
@@ -288,6 +292,31 @@ def _raise_error_line(line: str, stream: str) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         raise StreamError(f"malformed error line in the {stream} stream: {line[:200]!r}") from exc
     raise make_status_error(503, code, message)
+
+
+class LineSplitter:
+    """The lines of an NDJSON body, fed in chunks of bytes as they arrive.
+
+    Lines end at ``\\n`` only. httpx's ``iter_lines`` follows ``str.splitlines`` and also cuts at
+    U+0085, U+2028 and U+2029, which JSON leaves unescaped inside strings: one of those in a
+    sandbox's output would split an event in two.
+    """
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._partial += chunk
+        if b"\n" not in chunk:
+            return []
+        *lines, rest = self._partial.split(b"\n")
+        self._partial = bytearray(rest)
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def flush(self) -> list[str]:
+        """The last line, when the body did not end with a newline."""
+        rest, self._partial = bytes(self._partial), bytearray()
+        return [rest.decode("utf-8", "replace")] if rest else []
 
 
 class MapCollector:

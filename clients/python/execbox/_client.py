@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from execbox._base import Callbacks, ClientConfig, MapCollector, is_unsent
+from execbox._base import Callbacks, ClientConfig, LineSplitter, MapCollector, is_unsent
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import (
     BatchJob,
@@ -245,7 +245,10 @@ class Client:
                     if not response.is_success:
                         response.read()
                         self._cfg.check(response)
-                    yield from response.iter_lines()
+                    splitter = LineSplitter()
+                    for chunk in response.iter_bytes():
+                        yield from splitter.feed(chunk)
+                    yield from splitter.flush()
                     return
             except httpx.HTTPError as exc:
                 error: ExecboxError = self._cfg.translate(exc)
@@ -579,7 +582,11 @@ class AsyncClient:
                     if not response.is_success:
                         await response.aread()
                         self._cfg.check(response)
-                    async for line in response.aiter_lines():
+                    splitter = LineSplitter()
+                    async for chunk in response.aiter_bytes():
+                        for line in splitter.feed(chunk):
+                            yield line
+                    for line in splitter.flush():
                         yield line
                     return
             except httpx.HTTPError as exc:

@@ -10,11 +10,13 @@ Only failures of the service or of the transport are exceptions.
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "BatchJob",
@@ -109,8 +111,14 @@ class Result(_Model):
 
     @property
     def png(self) -> bytes | None:
+        """The decoded ``image/png``; None when there is none or it is not base64 (the sandbox chose it)."""
         value = self.data.get("image/png")
-        return base64.b64decode(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        try:
+            return base64.b64decode(value)
+        except (binascii.Error, ValueError):
+            return None
 
 
 class Truncation(_Model):
@@ -213,8 +221,30 @@ _event_adapter: TypeAdapter[ExecutionEvent] = TypeAdapter(ExecutionEvent)
 
 
 def parse_event(line: str | bytes) -> ExecutionEvent:
-    """Parse one NDJSON line of an execution stream."""
-    return _event_adapter.validate_json(line)
+    """Parse one NDJSON line of an execution stream.
+
+    Raises:
+        ValidationError: the line is not an event.
+    """
+    try:
+        return _event_adapter.validate_json(line)
+    except ValidationError as exc:
+        return _event_adapter.validate_python(lenient_json(line, exc))
+
+
+def lenient_json(text: str | bytes, error: ValidationError) -> Any:
+    """``text`` read by Python's json after pydantic's JSON parser gave ``error``; re-raises it if that fails too.
+
+    pydantic's parser stops at 200 levels of nesting while its serializer (the server's) writes
+    about 250, and it refuses lone surrogate escapes (``"\\ud800"``), which a relay writing with
+    ``json.dumps`` sends. Both are what a sandbox's output may hold, so both must be readable.
+    """
+    if not any(detail["type"] == "json_invalid" for detail in error.errors()):
+        raise error
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise error from None
 
 
 # ---------------------------------------------------------------- sessions and requests

@@ -10,15 +10,22 @@ Three conventions:
 - ``execbox`` (default): stdout, stderr and the error in labelled sections, a short ANSI-free
   traceback without host paths, images as placeholders with their size, exact counts of
   what was cut, and the status when it is not a plain success.
+
+Everything here comes from the sandbox, so it is read as untrusted: any MIME key, any JSON
+value under it, image data that is not base64, lone surrogates. Rendering never raises, and
+the text it returns always encodes as UTF-8 (lone surrogates become U+FFFD), so it can go into
+a model's prompt as is.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from typing import Literal
 
 from execbox._models import Execution, ExecutionStatus
+from execbox._text import scrub_surrogates
 
 __all__ = ["FeedbackStyle", "render_feedback"]
 
@@ -37,12 +44,17 @@ def render_feedback(
     keep: int | None = None,
     traceback_lines: int = 12,
 ) -> str:
-    """The feedback text for ``execution`` in ``style``; ``limit``/``keep`` override the style's cuts."""
+    """The feedback text for ``execution`` in ``style``; ``limit``/``keep`` override the style's cuts.
+
+    Never raises on what a sandbox produced; the text returned always encodes as UTF-8.
+    """
     if style == "opencodeinterpreter":
-        return _oci(execution, limit or 1000, keep or 200)
-    if style == "code_feedback":
-        return _code_feedback(execution, limit or 500, keep or 200)
-    return _execbox(execution, limit or 4000, keep or 1500, traceback_lines)
+        text = _oci(execution, limit or 1000, keep or 200)
+    elif style == "code_feedback":
+        text = _code_feedback(execution, limit or 500, keep or 200)
+    else:
+        text = _execbox(execution, limit or 4000, keep or 1500, traceback_lines)
+    return scrub_surrogates(text)
 
 
 def _plain_output(execution: Execution, image: str) -> str:
@@ -87,15 +99,27 @@ def _cut(text: str, limit: int, keep: int, what: str) -> str:
     return f"{text[:keep]}\n[... {omitted} characters of {what} omitted ...]\n{text[-keep:]}"
 
 
+def _png_note(value: object) -> str:
+    """A placeholder for an image/png value, which the sandbox may have made anything at all."""
+    if not isinstance(value, str):
+        return "[image/png, not a base64 string]"
+    try:
+        size = len(base64.b64decode(value))
+    except (binascii.Error, ValueError):  # bad padding, or non-ASCII characters
+        return "[image/png, not valid base64]"
+    return f"[image/png, {size} bytes]"
+
+
 def _short_traceback(execution: Execution, max_lines: int) -> str:
     error = execution.error
     if error is None:
         return ""
-    lines = [_HOST_PATH.sub(lambda m: f'File "{m.group(2)}"', line) for line in error.traceback]
-    lines = [line for line in lines if line.strip() and not set(line.strip()) <= {"-"}]
+    # Cut before rewriting paths: the sandbox decides how many lines there are.
+    lines = [line for line in error.traceback if line.strip() and not set(line.strip()) <= {"-"}]
     if len(lines) > max_lines:
         dropped = len(lines) - max_lines
         lines = [*lines[: max_lines // 2], f"[... {dropped} traceback lines omitted ...]", *lines[-(max_lines // 2) :]]
+    lines = [_HOST_PATH.sub(lambda m: f'File "{m.group(2)}"', line) for line in lines]
     if not lines or not lines[-1].startswith(error.name):
         lines.append(f"{error.name}: {error.value}".rstrip())
     return "\n".join(lines)
@@ -115,14 +139,12 @@ def _execbox(execution: Execution, limit: int, keep: int, tb_lines: int) -> str:
         sections.append("[stderr]\n" + _cut(execution.stderr.rstrip("\n"), limit, keep, "stderr"))
     for result in execution.results:
         if "image/png" in result.data:
-            png = result.data["image/png"]
-            size = len(base64.b64decode(png)) if isinstance(png, str) else 0
-            sections.append(f"[image/png, {size} bytes]")
+            sections.append(_png_note(result.data["image/png"]))
         elif result.text is not None:
             label = "[result]" if result.is_main_result else "[display]"
             sections.append(f"{label}\n" + _cut(result.text, limit, keep, "the result"))
     if execution.error is not None:
-        sections.append("[error]\n" + _short_traceback(execution, tb_lines))
+        sections.append("[error]\n" + _cut(_short_traceback(execution, tb_lines), limit, keep, "the traceback"))
     t = execution.truncation
     if execution.truncated:
         cut = [

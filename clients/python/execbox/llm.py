@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from execbox._exceptions import ExecboxError
+from execbox._text import scrub_surrogates
 
 __all__ = ["ChatClient", "LLMError"]
 
@@ -31,9 +32,11 @@ class ChatClient:
     max_tokens: int = 1024
     timeout_s: float = 120.0
     max_retries: int = 4
+    # An httpx client to send through (a proxy, a test transport); closed by close() either way.
+    http_client: httpx.Client | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._http = httpx.Client(timeout=self.timeout_s)
+        self._http = self.http_client or httpx.Client(timeout=self.timeout_s)
 
     def close(self) -> None:
         self._http.close()
@@ -46,7 +49,8 @@ class ChatClient:
         """
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            # Messages quote sandbox output, which may hold lone surrogates: no UTF-8 body can.
+            "messages": [{key: scrub_surrogates(value) for key, value in m.items()} for m in messages],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }

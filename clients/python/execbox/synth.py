@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from execbox._client import Client
+from execbox._text import utf8_bytes
 from execbox.agent import AgentConfig, Transcript, run_agent
 from execbox.llm import ChatClient, LLMError
 
@@ -97,6 +98,19 @@ def _done_ids(path: str) -> set[str]:
     return done
 
 
+def _encode_record(record: dict[str, Any]) -> bytes:
+    """One JSONL line for ``record``, whatever the sandbox put in its executions.
+
+    Lone surrogates stay as ``\\uXXXX`` escapes (a strict UTF-8 encode would raise). Should the
+    executions still not serialize, the dialogue is kept without them and says why.
+    """
+    try:
+        return utf8_bytes(json.dumps(record, ensure_ascii=False) + "\n")
+    except (ValueError, TypeError, RecursionError) as exc:
+        kept = {**record, "executions": [], "error": f"the executions could not be written as JSON: {exc!r}"}
+        return utf8_bytes(json.dumps(kept, ensure_ascii=False) + "\n")
+
+
 def synthesize(
     queries_path: str,
     output_path: str,
@@ -134,7 +148,7 @@ def synthesize(
                 "final_status": "sandbox_error",
                 "error": repr(exc),
             }
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = _encode_record(record)
         with lock:
             os.write(fd, line)
             os.fsync(fd)
