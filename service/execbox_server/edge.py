@@ -94,6 +94,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
         super().on_headers_complete()
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # handed to the WebSocket protocol: none of this connection is ours any more
         self._body_pending, self._dropped, self._close_when_drained = True, 0, False
         if self.cycle is not None and not isinstance(self.cycle.transport, _CloseAfterBody):
             self.cycle.transport = _CloseAfterBody(self, self.cycle.transport)

@@ -25,13 +25,14 @@ SETTLE_S = 60  # the longest any of these tests waits for something that must ha
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     # Two keys: each gets half of every global limit by default — 2 of the 4 kernels as
-    # sessions, 2 executions at once, 1 of the 2 batch workers. The two timeouts are the
-    # settings under test, short so that the tests are quick.
+    # sessions, 2 executions at once, 1 of the 2 batch workers. Every kernel is kept warm,
+    # so no lease waits for a start on a busy machine. The two timeouts are the settings
+    # under test, short so that the tests are quick.
     server = start_server(
         tmp_path_factory.mktemp("edge") / "edge.log",
         {
             "api_keys": "key-a,key-b",
-            "min_ready": "1",
+            "min_ready": "4",
             "max_total": "4",
             "max_sessions": "4",
             "batch_workers": "2",
@@ -188,12 +189,22 @@ def test_a_body_that_stalls_is_abandoned_and_the_connection_closed(edge: LocalSe
 # ------------------------------------------------------------------ per-key quotas
 
 
+@pytest.fixture()
+def warm(edge: LocalServer) -> LocalServer:
+    """The server once all 4 kernels are warm spares again (earlier tests' kernels replaced)."""
+    deadline = time.monotonic() + 4 * SETTLE_S  # kernel starts, two at a time, on a busy machine
+    while httpx.get(edge.url + "/readyz", timeout=30).json().get("pool", {}).get("ready", 0) < 4:
+        assert time.monotonic() < deadline, "the pool never refilled"
+        time.sleep(0.2)
+    return edge
+
+
 def create(http: httpx.Client, headers: dict[str, str]) -> httpx.Response:
     return http.post("/v1/sessions", json={}, headers=headers)
 
 
-def test_sessions_past_the_key_quota_are_429_while_another_key_is_served(edge: LocalServer) -> None:
-    with httpx.Client(base_url=edge.url, timeout=60) as http:
+def test_sessions_past_the_key_quota_are_429_while_another_key_is_served(warm: LocalServer) -> None:
+    with httpx.Client(base_url=warm.url, timeout=60) as http:
         mine = [create(http, KEY_A) for _ in range(2)]
         assert [r.status_code for r in mine] == [201, 201], [r.text for r in mine]
         try:
@@ -223,9 +234,9 @@ def open_stream(
     return response, (json.loads(line) for line in response.iter_lines() if line)
 
 
-def test_executions_past_the_key_quota_are_429_until_one_ends(edge: LocalServer) -> None:
+def test_executions_past_the_key_quota_are_429_until_one_ends(warm: LocalServer) -> None:
     code = "import time\nprint('go', flush=True)\ntime.sleep(120)"
-    with httpx.Client(base_url=edge.url, timeout=120) as http:
+    with httpx.Client(base_url=warm.url, timeout=120) as http:
         ids = [create(http, KEY_A).json()["id"] for _ in range(2)]
         streams = []
         try:
