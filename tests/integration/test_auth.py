@@ -32,6 +32,22 @@ def test_v1_calls_need_a_valid_bearer_key(keyed: LocalServer) -> None:
         assert ok.status_code == 200
 
 
+def test_the_key_is_checked_before_the_body_is_read(keyed: LocalServer) -> None:
+    # Neither a malformed body (422) nor an oversized one (413) is looked at for a caller
+    # without a valid key: it gets 401 and learns nothing about the body rules.
+    with httpx.Client(base_url=keyed.url, timeout=60) as http:
+        malformed = http.post("/v1/execute", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert malformed.status_code == 401, malformed.text
+        oversized = http.post("/v1/sessions", content=b"x" * (3 * 1024 * 1024), headers={"Authorization": "Bearer no"})
+        assert oversized.status_code == 401, oversized.text
+        keyed_malformed = http.post(
+            "/v1/execute",
+            content=b"{not json",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer key-one"},
+        )
+        assert keyed_malformed.status_code == 422  # with a key, the body rules apply as before
+
+
 def test_a_session_is_visible_only_to_the_key_that_created_it(keyed: LocalServer) -> None:
     with Client(keyed.url, api_key="key-one") as one, Client(keyed.url, api_key="key-two") as two:
         with one.session() as s:
