@@ -7,6 +7,11 @@
 
 Exit codes of ``execbox run``: 0 ok, 1 the code failed (error, out of memory, kernel died,
 ...), 2 timeout, 3 the service could not be used (unreachable, refused the request).
+
+Sandbox output is untrusted: printed raw, its escape sequences would move the cursor, clear
+the screen, retitle the window, write the clipboard (OSC 52) or plant links in the user's
+terminal. Every line the CLI prints therefore goes through :class:`Terminal`, which shows
+control characters (but newline and tab) as visible escapes unless ``--raw-output`` is given.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import codeop
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
 
 from execbox._client import Client, Session
 from execbox._exceptions import ExecboxError
@@ -30,10 +37,43 @@ from execbox._models import (
     StderrEvent,
     StdoutEvent,
 )
+from execbox._text import escape_controls
 from execbox.agent import AgentConfig, run_agent
 from execbox.llm import ChatClient
 
 EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """Where the CLI prints. Control characters are shown as escapes (``\\x1b``) unless ``raw``.
+
+    Characters the stream cannot encode (lone surrogates, or anything on a non-UTF-8 console)
+    are written as backslash escapes in either mode instead of raising.
+    """
+
+    raw: bool = False
+
+    def write(self, text: str, *, err: bool = False) -> None:
+        # Looked up on every call: sys.stdout may be replaced (pytest's capture, redirect_stdout).
+        stream = sys.stderr if err else sys.stdout
+        stream.write(_encodable(text if self.raw else escape_controls(text), stream))
+        stream.flush()
+
+    def line(self, text: str = "", *, err: bool = False) -> None:
+        self.write(text + "\n", err=err)
+
+
+def _encodable(text: str, stream: TextIO) -> str:
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # a stream naming a codec Python does not have: keep to ASCII
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _terminal(args: argparse.Namespace) -> Terminal:
+    return Terminal(raw=bool(getattr(args, "raw_output", False)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,14 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_SERVICE
+    # The service's messages may quote what a sandbox wrote: never raw, whatever the flag.
+    safe = Terminal()
     try:
         code: int = args.func(args)
         return code
     except ExecboxError as exc:
-        print(f"execbox: {exc}", file=sys.stderr)
+        safe.line(f"execbox: {exc}", err=True)
         return EXIT_SERVICE
     except KeyboardInterrupt:
-        print("execbox: interrupted", file=sys.stderr)
+        safe.line("execbox: interrupted", err=True)
         return 130
 
 
@@ -63,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="service URL (default: $EXECBOX_URL or http://127.0.0.1:8000)")
     common.add_argument("--api-key", help="bearer key (default: $EXECBOX_API_KEY)")
+    common.add_argument(
+        "--raw-output",
+        action="store_true",
+        help="print the sandbox's output exactly as it came, terminal escape sequences included "
+        "(default: control characters but newline and tab are shown as escapes such as \\x1b)",
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -229,10 +277,11 @@ def _run(args: argparse.Namespace) -> int:
             with open(args.file, encoding="utf-8") as fh:
                 code = fh.read()
         except OSError as exc:
-            print(f"execbox: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            Terminal().line(f"execbox: cannot read {args.file}: {exc.strerror}", err=True)
             return EXIT_SERVICE
     with _client(args) as client:
-        execution = _print_stream(client.run_stream(code, timeout_s=args.timeout, memory_mb=args.memory_mb))
+        events = client.run_stream(code, timeout_s=args.timeout, memory_mb=args.memory_mb)
+        execution = _print_stream(events, _terminal(args))
     return exit_code(execution)
 
 
@@ -244,39 +293,37 @@ def exit_code(execution: Execution) -> int:
     return EXIT_ERROR
 
 
-def _print_stream(events: Iterator[ExecutionEvent], *, show_result: bool = False) -> Execution:
+def _print_stream(events: Iterator[ExecutionEvent], term: Terminal, *, show_result: bool = False) -> Execution:
     for event in events:
         if isinstance(event, StdoutEvent):
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
+            term.write(event.text)
         elif isinstance(event, StderrEvent):
-            sys.stderr.write(event.text)
-            sys.stderr.flush()
+            term.write(event.text, err=True)
         elif isinstance(event, ErrorEvent):
-            _print_error(event.error)
+            _print_error(event.error, term)
         elif isinstance(event, ResultEvent):
             text = event.result.text
             if event.result.is_main_result and show_result and text is not None:
-                print(text)
+                term.line(text)
             elif not event.result.is_main_result:
                 kinds = ", ".join(k for k in event.result.data if k != "text/plain") or "text/plain"
-                print(f"[display: {kinds}]", file=sys.stderr)
+                term.line(f"[display: {kinds}]", err=True)
         elif isinstance(event, DoneEvent):
             execution = event.execution
             if execution.status not in (ExecutionStatus.OK, ExecutionStatus.ERROR):
                 note = execution.message or execution.status.value
-                print(f"execbox: {execution.status.value}: {note}", file=sys.stderr)
+                term.line(f"execbox: {execution.status.value}: {note}", err=True)
             if execution.truncated:
-                print("execbox: output was truncated by the server's caps", file=sys.stderr)
+                term.line("execbox: output was truncated by the server's caps", err=True)
             return execution
     raise ExecboxError("the execution stream ended without a result")
 
 
-def _print_error(error: ExecutionError) -> None:
+def _print_error(error: ExecutionError, term: Terminal) -> None:
     if error.traceback:
-        print("\n".join(error.traceback), file=sys.stderr)
+        term.line("\n".join(error.traceback), err=True)
     else:
-        print(f"{error.name}: {error.value}", file=sys.stderr)
+        term.line(f"{error.name}: {error.value}", err=True)
 
 
 # ------------------------------------------------------------------ repl
@@ -284,20 +331,21 @@ def _print_error(error: ExecutionError) -> None:
 
 def _repl(args: argparse.Namespace) -> int:
     read: Callable[[str], str] = input
+    term = _terminal(args)
     with _client(args) as client, client.session(timeout_s=args.timeout) as session:
-        print(f"execbox session {session.id} on {client.base_url} (Ctrl-D to quit, Ctrl-C interrupts a cell)")
+        term.line(f"execbox session {session.id} on {client.base_url} (Ctrl-D to quit, Ctrl-C interrupts a cell)")
         compiler = codeop.CommandCompiler()
         while True:
             try:
                 source = _read_cell(read, compiler)
             except EOFError:
-                print()
+                term.line()
                 return EXIT_OK
             except KeyboardInterrupt:
-                print("\nKeyboardInterrupt")
+                term.line("\nKeyboardInterrupt")
                 continue
             if source.strip():
-                _repl_cell(session, source)
+                _repl_cell(session, source, term)
 
 
 def _read_cell(read: Callable[[str], str], compiler: codeop.CommandCompiler) -> str:
@@ -312,14 +360,14 @@ def _read_cell(read: Callable[[str], str], compiler: codeop.CommandCompiler) -> 
         lines.append(read("... "))
 
 
-def _repl_cell(session: Session, source: str) -> None:
+def _repl_cell(session: Session, source: str, term: Terminal) -> None:
     try:
-        _print_stream(session.run_stream(source), show_result=True)
+        _print_stream(session.run_stream(source), term, show_result=True)
     except KeyboardInterrupt:
         session.interrupt()
-        print("\nKeyboardInterrupt (sent to the kernel)")
+        term.line("\nKeyboardInterrupt (sent to the kernel)")
     except ExecboxError as exc:
-        print(f"execbox: {exc}", file=sys.stderr)
+        Terminal().line(f"execbox: {exc}", err=True)
 
 
 # ------------------------------------------------------------------ agent and synth
@@ -342,16 +390,19 @@ def _agent_config(args: argparse.Namespace) -> AgentConfig:
 def _agent(args: argparse.Namespace) -> int:
     import json
 
+    term = _terminal(args)
+
     def show(message: dict[str, str]) -> None:
-        print(f"--- {message['role']}\n{message['content']}\n", flush=True)
+        # Feedback turns quote sandbox output; the model's replies may echo it.
+        term.line(f"--- {message['role']}\n{message['content']}\n")
 
     with _client(args) as client:
         llm = _chat(args)
         transcript = run_agent(args.task, client=client, llm=llm, config=_agent_config(args), on_message=show)
         llm.close()
-    print(f"[{transcript.final_status} after {transcript.turns} turn(s)]", file=sys.stderr)
+    term.line(f"[{transcript.final_status} after {transcript.turns} turn(s)]", err=True)
     if transcript.error:
-        print(f"execbox: {transcript.error}", file=sys.stderr)
+        Terminal().line(f"execbox: {transcript.error}", err=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(transcript.to_json(), fh, indent=1)
@@ -359,6 +410,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    term = Terminal()
     from execbox.synth import DEFAULT_USER_PROMPT, UserSimulator, synthesize
 
     user = None
@@ -378,7 +430,7 @@ def _synth(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             progress=args.progress,
         )
-    print(f"{stats.written} written, {stats.skipped} already done, {stats.failed} recorded failures", file=sys.stderr)
+    term.line(f"{stats.written} written, {stats.skipped} already done, {stats.failed} recorded failures", err=True)
     return EXIT_OK
 
 
@@ -386,6 +438,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    term = Terminal()
     import json
 
     from execbox.evals import evaluate, load_humaneval, load_problems
@@ -394,13 +447,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.benchmark == "humaneval":
         problems = load_problems(args.problems) if args.problems else load_humaneval()
     elif not args.problems:
-        print(f"execbox: {args.benchmark} needs --problems FILE", file=sys.stderr)
+        term.line(f"execbox: {args.benchmark} needs --problems FILE", err=True)
         return EXIT_SERVICE
     else:
         problems = load_problems(args.problems)
     if args.llm_url:
         if not args.model:
-            print("execbox: --llm-url needs --model", file=sys.stderr)
+            term.line("execbox: --llm-url needs --model", err=True)
             return EXIT_SERVICE
         from execbox.evals.generate import generate_samples
 
@@ -414,15 +467,15 @@ def _eval(args: argparse.Namespace) -> int:
         generated = generate_samples(llm, problems, n=args.n)
         with open(args.samples, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(sample) + "\n" for sample in generated)
-        print(f"{len(generated)} samples generated into {args.samples}", file=sys.stderr)
+        term.line(f"{len(generated)} samples generated into {args.samples}", err=True)
     try:
         samples = read_samples(args.samples)
     except (OSError, ValueError) as exc:
-        print(f"execbox: cannot read samples: {exc}", file=sys.stderr)
+        term.line(f"execbox: cannot read samples: {exc}", err=True)
         return EXIT_SERVICE
     unknown = sorted({s["task_id"] for s in samples} - set(problems))
     if unknown:
-        print(f"execbox: samples name unknown tasks: {', '.join(unknown[:5])}", file=sys.stderr)
+        term.line(f"execbox: samples name unknown tasks: {', '.join(unknown[:5])}", err=True)
         return EXIT_SERVICE
     ks = [int(k) for k in args.k.split(",") if k.strip()]
     with _client(args) as client:
@@ -430,15 +483,13 @@ def _eval(args: argparse.Namespace) -> int:
             client, problems, samples, ks=ks, timeout_s=args.timeout, feedback=args.feedback, progress=args.progress
         )
     for name, value in report.pass_at_k.items():
-        print(f"{name}: {value:.3f}")
+        term.line(f"{name}: {value:.3f}")
     failed = sum(1 for s in report.samples if not s.passed)
-    print(
-        f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", file=sys.stderr
-    )
+    term.line(f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", err=True)
     path = args.report or f"{args.samples}.report.json"
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report.to_json(), fh, indent=1)
-    print(f"report: {path}", file=sys.stderr)
+    term.line(f"report: {path}", err=True)
     return EXIT_OK
 
 
@@ -446,21 +497,22 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sessions(args: argparse.Namespace) -> int:
+    term = Terminal()
     with _client(args) as client:
         if args.action == "delete":
             if not args.ids:
-                print("execbox: give the ids of the sessions to delete", file=sys.stderr)
+                term.line("execbox: give the ids of the sessions to delete", err=True)
                 return EXIT_SERVICE
             for session_id in args.ids:
                 client.sessions.delete(session_id)
-                print(f"deleted {session_id}")
+                term.line(f"deleted {session_id}")
             return EXIT_OK
         infos = client.sessions.list()
         if not infos:
-            print("no sessions")
+            term.line("no sessions")
         for info in infos:
             state = "busy" if info.busy else "idle"
-            print(
+            term.line(
                 f"{info.id}  {state:4}  mem={info.limits.memory_mb}MiB cpus={info.limits.cpus:g} "
                 f"runs={info.execution_count}  expires {info.expires_at:%Y-%m-%d %H:%M:%S}Z"
             )
