@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from execbox import Client
-from execbox._base import ClientConfig
+from execbox._base import ClientConfig, LineSplitter
 from execbox._models import (
     BatchResult,
     DoneEvent,
@@ -34,6 +34,7 @@ from execbox._models import (
     StdoutEvent,
     parse_event,
 )
+from execbox._text import scrub_surrogates
 from execbox.agent import AgentConfig, run_agent
 from execbox.evals import evaluate
 from execbox.evals.datasets import Problem
@@ -413,6 +414,17 @@ def evaluate_with(results: list[BatchResult], encode: Callable[[Any], str] = ser
 
 
 # ------------------------------------------------------------------ properties
+
+
+@HYPOTHESIS
+@given(st.lists(text.map(lambda t: scrub_surrogates(t).replace("\n", "")), max_size=6), st.data())
+def test_stream_lines_split_at_newlines_only_however_the_bytes_arrive(lines: list[str], data: st.DataObject) -> None:
+    body = "".join(line + "\n" for line in lines).encode("utf-8")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    splitter, got = LineSplitter(), []
+    for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
+        got += splitter.feed(body[start:end])
+    assert got + splitter.flush() == lines
 
 
 @HYPOTHESIS
