@@ -1,76 +1,214 @@
 """execbox fork server: runs many one-shot programs fast, each in a fresh forked child.
 
-Runs inside a locked-down worker container (no network, read-only root, tmpfs, limits).
-The server stays root with only CAP_SETUID/SETGID/KILL, imports the common libraries once,
-then for every job forks a child that drops to the sandbox user, gets an empty working
-directory, its own process group and rlimits, and runs the program. The server enforces
-the wall deadline with SIGKILL of the child's process group, caps the output as it arrives,
-and after each job kills every process left in the container (a daemon that called setsid
-too), so nothing of one job reaches the next.
+Runs inside a locked-down worker container (no network, read-only root, tmpfs, limits) as
+three kinds of process besides the container's init, so that no job inherits anything of
+another job:
 
-Protocol: newline-delimited JSON on a unix socket (``/kernel/fork.sock``); one job line in,
-one result line out, in order. Speaks to one client at a time.
+- The **server** (root, holding only CAP_SETUID/SETGID/KILL) speaks to the host over
+  ``/kernel/fork.sock``, feeds a job its stdin, reads its output under caps, enforces the wall
+  deadline, judges test cases, and makes sure the worker is clean before the next job. It holds
+  every request — and never forks.
+- The **zygote** (root) imports the common libraries once and forks on request. It never sees a
+  job: it receives descriptors (SCM_RIGHTS) and sends back pids and exit statuses, so what a
+  child inherits from it is the same for every job (no earlier request in its heap, no next
+  request in a buffer).
+- A **job**: forked by the zygote, it reads its own request from a memfd only it was given
+  (without stdin and without the expected values of its tests, which stay with the server),
+  drops to the sandbox user in the empty HOME, its own session and rlimits, and runs.
+
+After every job the server checks, without forking, that no process of the sandbox user is left
+and that every place a job can write — HOME, ``/tmp``, ``/dev/shm``, ``/dev/mqueue`` and the
+SysV IPC tables — is empty. If not, a **cleaner** forked by the zygote as the sandbox user kills
+every process of that user at once (``kill(-1)``: atomic, a fork bomb cannot outrun it) and
+empties them. A worker that cannot be made clean says so (``retire``) and serves no other job.
+
+Protocol (the host's side is ``service/execbox_server/batch.py``): newline-delimited JSON on a
+unix socket; one request line in, one result line out, in order, one client at a time. See
+``JobRequest`` and ``JobResult`` below.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import importlib
 import json
+import math
 import os
 import resource
 import select
 import shutil
 import signal
 import socket
+import stat
+import struct
 import sys
+import tempfile
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn, TypedDict
 
-SANDBOX_UID = 1000
+SANDBOX_UID = 90000  # the image's sandbox user (Dockerfile); no host user has it
 SOCKET_PATH = os.environ.get("EXECBOX_FORK_SOCKET", "/kernel/fork.sock")
-JOBS_DIR = "/tmp/jobs"
+MPL_CACHE = "/opt/execbox/mpl"  # matplotlib's font list, built with the image
+HOME = "/home/sandbox"  # every job's working directory, emptied between jobs
+HOME_MODE = 0o700
+# Every place the sandbox user can write in a worker (`find / -writable` as that user), and
+# the IPC objects that outlive their creator. All of them are empty whenever a job starts.
+SCRATCH_DIRS = (HOME, "/tmp", "/dev/shm", "/dev/mqueue")
+SYSV_TABLES = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
+EMPTY_DIR_SIZE = 40  # tmpfs and mqueue count 20 bytes per entry on top of this
 MAX_TB_LINES = 100
+MAX_RECORD_BYTES = 8 * 1024 * 1024  # one record from a job; a test's actual value is judged whole
+MAX_RECORDS_BYTES = 64 * 1024 * 1024  # all records of one job; beyond it the job is stopped
+CLEAN_TIMEOUT_S = 20.0
+REPORT_TIMEOUT_S = 60.0  # a SIGKILLed job is reaped by then, or the worker is not trusted
 
 
-# ----------------------------------------------------------------------------- the child
+# ----------------------------------------------------------------------------- protocol
 
 
-def _run_child(job: dict[str, Any], workdir: str, result_fd: int) -> None:
-    """In the forked child: drop privileges, apply limits, run the program. Never returns."""
-    code = 1
+class TestsRequest(TypedDict, total=False):
+    entry_point: str | None
+    cases: list[dict[str, Any]] | None  # {"input": ..., "expected": ...}
+    assertions: str | None
+    per_test_timeout_s: float | None
+    stop_on_first_failure: bool
+    atol: float
+
+
+class JobRequest(TypedDict, total=False):
+    """A line from the host. ``{"op": "ping"}`` is answered with ``{"pong": true}``."""
+
+    op: str
+    id: str | None
+    code: str
+    stdin: str | None
+    timeout_s: float
+    memory_mb: int
+    max_output_bytes: int
+    tests: TestsRequest | None
+
+
+class ErrorRecord(TypedDict):
+    name: str
+    value: str
+    traceback: list[str]
+
+
+class TestRecord(TypedDict):
+    """One test's verdict. The host adds the case's input and expected value (it has them)."""
+
+    index: int
+    passed: bool
+    status: str  # passed, failed, error, timeout, not_run
+    actual: Any
+    error: ErrorRecord | None
+    duration_ms: float
+
+
+class JobResult(TypedDict):
+    """A line to the host. Every text field together fits the job's ``max_output_bytes``."""
+
+    id: Any
+    status: str  # ok, error, timeout, out_of_memory, output_limit, crashed
+    stdout: str
+    stderr: str
+    error: ErrorRecord | None
+    value: str | None
+    exit_code: int | None
+    signal: str | None
+    wall_ms: float
+    cpu_ms: float
+    peak_memory_bytes: int
+    truncated: bool
+    tests: list[TestRecord] | None
+    message: str | None
+    retire: bool  # this worker could not be made clean: it runs no further job
+
+
+class ChildTests(TypedDict):
+    entry_point: str | None
+    inputs: list[Any]
+    assertions: str | None
+    per_test_timeout_s: float
+
+
+class ChildJob(TypedDict):
+    """What a job's process gets: no stdin (a pipe), no id, no expected values."""
+
+    code: str
+    timeout_s: float
+    memory_mb: int
+    limit: int
+    tests: ChildTests | None
+
+
+# Child -> server records, one JSON line each on the result pipe:
+#   {"kind": "value", "text": str}
+#   {"kind": "error", "error": ErrorRecord}
+#   {"kind": "test", "index": int, "status": "returned" | "passed" | "failed" | "error" | "timeout",
+#    "actual": Any, "error": ErrorRecord | None, "duration_ms": float}
+# The job's own code can write to that pipe too: the server trusts nothing in a record beyond
+# what the job could have produced honestly (a case passes only if its actual value equals the
+# expected one, which the job never had).
+
+_ZYGOTE_JOB = b"J"
+_ZYGOTE_CLEAN = b"C"
+_ZYGOTE_READY = b"R"
+_ZYGOTE_PID = b"P"
+_ZYGOTE_EXIT = b"X"
+_PID = struct.Struct("=q")
+_EXIT = struct.Struct("=qqddq")  # pid, wait status, user s, system s, max RSS KiB
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _job_child(ctl: socket.socket, fds: list[int], env: dict[str, str]) -> NoReturn:
+    """In the forked child: read the request, drop privileges, apply limits, run. Never returns."""
+    code = 70
     try:
-        # Nothing of the server reaches the job: not its listening socket, not the client's.
+        ctl.close()
+        job_fd, stdin_r, out_w, err_w, result_fd = fds
+        os.dup2(stdin_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        # Nothing of the zygote reaches the job but these; received descriptors are inheritable.
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
-            if fd > 2 and fd != result_fd:
+            if fd > 2 and fd not in (job_fd, result_fd):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+        os.set_inheritable(result_fd, False)
+        job = _read_job(job_fd)
+        os.close(job_fd)
+        # When the worker runs out of memory, the job is what the OOM killer should pick.
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
         os.setsid()
         os.setgroups([])
         os.setgid(SANDBOX_UID)
         os.setuid(SANDBOX_UID)
-        os.mkdir(workdir, 0o700)
-        os.chdir(workdir)
+        os.chdir(HOME)
         os.environ.clear()
-        os.environ.update(_CHILD_ENV)
-        os.environ["HOME"] = workdir
+        os.environ.update(env)
+        os.environ["HOME"] = HOME
         _set_limits(job)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)  # noqa: SIM115
-        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)  # noqa: SIM115
+        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
         sys.argv = ["<job>"]
-        if job.get("tests") is not None:
-            code = _run_tests(job, result_fd)
+        if job["tests"] is not None:
+            code = _run_tests(job, job["tests"], result_fd)
         else:
-            code = _run_program(job["code"], result_fd)
+            code = _run_program(job, result_fd)
     except BaseException:  # a failure of the set-up itself
         try:
             traceback.print_exc()
@@ -86,13 +224,25 @@ def _run_child(job: dict[str, Any], workdir: str, result_fd: int) -> None:
         os._exit(code)
 
 
-def _set_limits(job: dict[str, Any]) -> None:
-    timeout = float(job.get("timeout_s") or 10)
+def _read_job(fd: int) -> ChildJob:
+    size = os.fstat(fd).st_size
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.pread(fd, min(size - len(data), 1 << 20), len(data))
+        if not chunk:
+            break
+        data += chunk
+    job: ChildJob = json.loads(data)
+    return job
+
+
+def _set_limits(job: ChildJob) -> None:
+    timeout = float(job["timeout_s"])
     cpu = max(1, int(timeout) + 1)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    memory = int(job.get("memory_mb") or 0)
+    memory = int(job["memory_mb"])
     if memory > 0:
-        # Address space: what the warm parent already maps (numpy, ...) plus the job's budget.
+        # Address space: what the warm zygote already maps (numpy, ...) plus the job's budget.
         base = _vm_size()
         limit = base + memory * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -112,17 +262,31 @@ def _compile_with_value(source: str) -> tuple[Any, Any]:
     tree = ast.parse(source, "<job>", "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
-        last = compile(last, "<job>", "eval")
+        expression = tree.body.pop()
+        assert isinstance(expression, ast.Expr)
+        last = compile(ast.Expression(expression.value), "<job>", "eval")
     return compile(tree, "<job>", "exec"), last
 
 
 def _report(result_fd: int, record: dict[str, Any]) -> None:
-    data = (json.dumps(record, default=repr) + "\n").encode("utf-8", "replace")
     try:
-        os.write(result_fd, data[: 4 * 1024 * 1024])
-    except OSError:
-        pass
+        data = (json.dumps(record) + "\n").encode("utf-8", "replace")
+    except (TypeError, ValueError, RecursionError):
+        data = b""
+    if len(data) > MAX_RECORD_BYTES and record.get("kind") == "test":
+        record = {**record, "actual": f"<a value of {len(data)} bytes: more than a test value may have>"}
+        data = (json.dumps(record) + "\n").encode("utf-8", "replace")
+    if not data or len(data) > MAX_RECORD_BYTES:
+        return
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(result_fd, view)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        view = view[written:]
 
 
 def _user_tb(exc: BaseException) -> Any:
@@ -137,23 +301,55 @@ def _print_exc(exc: BaseException) -> None:
     traceback.print_exception(type(exc), exc, _user_tb(exc), file=sys.stderr)
 
 
-def _error_record(exc: BaseException) -> dict[str, Any]:
-    lines = traceback.format_exception(type(exc), exc, _user_tb(exc))
-    flat = "".join(lines).splitlines()
+def _error_record(exc: BaseException, limit: int) -> ErrorRecord:
+    try:
+        lines = traceback.format_exception(type(exc), exc, _user_tb(exc))
+        flat = "".join(lines).splitlines()
+    except BaseException:  # a hostile __str__, a recursion: the type still says what happened
+        flat = []
     if len(flat) > MAX_TB_LINES:
         flat = [*flat[:20], f"[... {len(flat) - MAX_TB_LINES} traceback lines truncated ...]", *flat[-80:]]
-    return {"name": type(exc).__name__, "value": str(exc)[:4000], "traceback": flat}
+    try:
+        value = str(exc)
+    except BaseException:
+        value = "<str() of the exception failed>"
+    lines, room = [], limit
+    for line in flat:  # the whole traceback within the limit: the record must stay small
+        if room <= 0:
+            break
+        lines.append(line[:room])
+        room -= len(lines[-1])
+    return {"name": type(exc).__name__[:limit], "value": value[:limit], "traceback": lines}
 
 
-def _run_program(source: str, result_fd: int) -> int:
+def _jsonable(value: Any) -> Any:
+    """A test's actual value as plain JSON data, judged by the server (never by its own __eq__)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    try:
+        if isinstance(value, bool | int | float | str):
+            return value  # subclasses: JSON keeps the plain value, not the class's __eq__
+        if isinstance(value, list | tuple):
+            return [_jsonable(v) for v in value]
+        if isinstance(value, dict) and all(type(k) is str for k in value):
+            return {k: _jsonable(v) for k, v in value.items()}
+        if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+            return _jsonable(value.tolist())  # numpy scalars and arrays: their Python values
+        return repr(value)
+    except RecursionError:
+        return "<a value nested too deeply to compare>"
+
+
+def _run_program(job: ChildJob, result_fd: int) -> int:
+    limit = job["limit"] + 1  # one byte over: the server sees the cut and says so (truncated)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
-        body, last = _compile_with_value(source)
+        body, last = _compile_with_value(job["code"])
         exec(body, namespace)
         if last is not None:
             value = eval(last, namespace)
             if value is not None:
-                _report(result_fd, {"kind": "value", "text": repr(value)[:1_000_000]})
+                _report(result_fd, {"kind": "value", "text": repr(value)[:limit]})
     except SystemExit as exc:
         code = exc.code
         if code is None or code == 0:
@@ -161,10 +357,10 @@ def _run_program(source: str, result_fd: int) -> int:
         if not isinstance(code, int):
             print(code, file=sys.stderr)
             code = 1
-        _report(result_fd, {"kind": "error", "error": _error_record(exc)})
+        _report(result_fd, {"kind": "error", "error": _error_record(exc, limit)})
         return code
     except BaseException as exc:
-        _report(result_fd, {"kind": "error", "error": _error_record(exc)})
+        _report(result_fd, {"kind": "error", "error": _error_record(exc, limit)})
         _print_exc(exc)
         return 1
     return 0
@@ -178,84 +374,301 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _TestTimeout()
 
 
-def _equal(actual: Any, expected: Any, atol: float) -> bool:
-    if isinstance(expected, float) or isinstance(actual, float):
-        try:
-            return abs(float(actual) - float(expected)) <= atol
-        except (TypeError, ValueError):
-            return False
-    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
-        return len(actual) == len(expected) and all(_equal(a, e, atol) for a, e in zip(actual, expected, strict=True))
-    return bool(actual == expected)
+def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
+    """Test-case mode: run the solution once, then each case or the assertions.
 
-
-def _run_tests(job: dict[str, Any], result_fd: int) -> int:
-    """Test-case mode: run the solution once, then each (input, expected) case or the assertions."""
-    tests = job["tests"]
-    per_test = float(tests.get("per_test_timeout_s") or job.get("timeout_s") or 5)
-    stop_first = bool(tests.get("stop_on_first_failure", True))
-    atol = float(tests.get("atol") or 1e-6)
+    Reports what each case returned; the server, which alone has the expected values, judges.
+    """
+    limit = job["limit"] + 1  # one byte over: the server sees the cut and says so (truncated)
+    per_test = tests["per_test_timeout_s"]
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     signal.signal(signal.SIGALRM, _alarm)
     try:
         exec(compile(job["code"], "<solution>", "exec"), namespace)
     except BaseException as exc:
-        _report(result_fd, {"kind": "error", "error": _error_record(exc)})
+        _report(result_fd, {"kind": "error", "error": _error_record(exc, limit)})
         _print_exc(exc)
         return 1
-    failed = 0  # counted for stop_on_first_failure; the exit code stays 0 once the solution loaded
-    if tests.get("assertions"):
+    entry = tests["entry_point"]
+    if tests["assertions"]:
         started = time.perf_counter()
-        outcome: dict[str, Any] = {"kind": "test", "index": 0, "input": None, "expected": None}
+        outcome: dict[str, Any] = {"kind": "test", "index": 0, "actual": None, "error": None}
         try:
             signal.setitimer(signal.ITIMER_REAL, per_test)
             exec(compile(tests["assertions"], "<tests>", "exec"), namespace)
-            entry = tests.get("entry_point")
             if entry and callable(namespace.get("check")):
                 namespace["check"](namespace[entry])
-            outcome.update(passed=True, status="passed")
-        except _TestTimeout:
-            outcome.update(passed=False, status="timeout", error={"name": "TimeoutError", "value": f"over {per_test}s"})
-            failed += 1
-        except BaseException as exc:
-            outcome.update(passed=False, status="failed", error=_error_record(exc))
-            failed += 1
-        finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            outcome["status"] = "passed"
+        except _TestTimeout:
+            outcome.update(status="timeout", error=_timeout_error(per_test))
+        except BaseException as exc:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            outcome.update(status="failed", error=_error_record(exc, limit))
         outcome["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         _report(result_fd, outcome)
         return 0  # the program ran; the outcome says whether the tests passed
-    entry = tests.get("entry_point")
     fn = namespace.get(entry) if entry else None
     if entry and not callable(fn):
         _report(result_fd, {"kind": "error", "error": {"name": "NameError", "value": f"no function {entry!r}"}})
         return 1
-    for index, case in enumerate(tests.get("cases") or []):
-        args, expected = case.get("input"), case.get("expected")
+    for index, args in enumerate(tests["inputs"]):
         started = time.perf_counter()
-        outcome = {"kind": "test", "index": index, "input": args, "expected": expected}
+        outcome = {"kind": "test", "index": index, "actual": None, "error": None}
         try:
             signal.setitimer(signal.ITIMER_REAL, per_test)
             actual = fn(*args) if isinstance(args, list) else fn(args)  # type: ignore[misc]
             signal.setitimer(signal.ITIMER_REAL, 0)
-            ok = _equal(actual, expected, atol)
-            outcome.update(passed=ok, status="passed" if ok else "failed", actual=actual)
+            outcome.update(status="returned", actual=_jsonable(actual))
         except _TestTimeout:
-            outcome.update(passed=False, status="timeout", error={"name": "TimeoutError", "value": f"over {per_test}s"})
+            outcome.update(status="timeout", error=_timeout_error(per_test))
         except BaseException as exc:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            outcome.update(passed=False, status="error", error=_error_record(exc))
+            outcome.update(status="error", error=_error_record(exc, limit))
         outcome["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        try:
-            json.dumps(outcome.get("actual"))
-        except (TypeError, ValueError):
-            outcome["actual"] = repr(outcome.get("actual"))
         _report(result_fd, outcome)
-        if not outcome["passed"]:
-            failed += 1
-            if stop_first:
-                break
     return 0  # the program ran; each outcome says whether its test passed
+
+
+def _timeout_error(per_test: float) -> ErrorRecord:
+    return {"name": "TimeoutError", "value": f"over {per_test}s", "traceback": []}
+
+
+# ----------------------------------------------------------------------------- the cleaner
+
+
+def _cleaner(ctl: socket.socket, protected: set[int]) -> NoReturn:
+    """Forked by the zygote: as the sandbox user, kill all its processes, empty its places."""
+    ok = False
+    try:
+        ctl.close()
+        os.setgroups([])
+        os.setgid(SANDBOX_UID)
+        os.setuid(SANDBOX_UID)
+        deadline = time.monotonic() + CLEAN_TIMEOUT_S
+        me = os.getpid()
+        while True:
+            # Every process this user may signal, at once: fork cannot outrun it.
+            os.kill(-1, signal.SIGKILL)
+            if not [p for p in _pids() if p not in protected and p != me]:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("processes of the sandbox user survived SIGKILL")
+            time.sleep(0.002)  # dying processes (and zombies the init reaps) need a moment
+        os.chmod(HOME, HOME_MODE)
+        for name in os.listxattr(HOME):
+            os.removexattr(HOME, name)
+        for path in SCRATCH_DIRS:
+            _empty_dir(path, deadline)
+        _remove_sysv_ipc()
+        ok = _leftovers(protected | {me}) is None
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    os._exit(0 if ok else 1)
+
+
+def _empty_dir(path: str, deadline: float) -> None:
+    """Remove everything below ``path``: iterative (any depth), never following a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    root = os.open(path, flags)
+    stack: list[tuple[int, str]] = [(root, "")]  # (directory fd, its name in the one above)
+    try:
+        while stack:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not empty {path} in time")
+            fd = stack[-1][0]
+            try:
+                names = os.listdir(fd)
+            except PermissionError:
+                os.fchmod(fd, 0o700)  # ours: a job may have locked its own directory
+                names = os.listdir(fd)
+            descended = False
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                except IsADirectoryError:
+                    pass
+                except PermissionError:  # EISDIR is EPERM for unlink(2) on some file systems
+                    if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                    continue
+                except OSError:
+                    pass
+                with contextlib.suppress(OSError):  # not ours: opening it fails and says so
+                    os.chmod(name, 0o700, dir_fd=fd)  # a directory: nothing else can swap it now
+                stack.append((os.open(name, flags, dir_fd=fd), name))
+                descended = True
+                break
+            if not descended:
+                done, name = stack.pop()
+                if stack:
+                    os.close(done)
+                    os.rmdir(name, dir_fd=stack[-1][0])
+    finally:
+        for fd, _ in stack:
+            if fd != root:
+                os.close(fd)
+        os.close(root)
+
+
+def _remove_sysv_ipc() -> None:
+    import ctypes  # only here: most jobs leave no IPC object, and numpy has imported it anyway
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    for table in SYSV_TABLES:
+        with open(table) as fh:
+            ids = [int(row.split()[1]) for row in fh.read().splitlines()[1:]]
+        for ipc_id in ids:
+            if table.endswith("shm"):
+                libc.shmctl(ipc_id, ipc_rmid, None)
+            elif table.endswith("msg"):
+                libc.msgctl(ipc_id, ipc_rmid, None)
+            else:
+                libc.semctl(ipc_id, 0, ipc_rmid)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _leftovers(protected: set[int]) -> str | None:
+    """What a job left behind, or None. Stats and reads only: safe as root, no DAC needed."""
+    strays = [pid for pid in _pids() if pid not in protected]
+    if strays:
+        return f"{len(strays)} processes"
+    for path in SCRATCH_DIRS:
+        st = os.lstat(path)
+        if st.st_size > EMPTY_DIR_SIZE or st.st_nlink != 2:
+            return f"files in {path}"
+    st = os.lstat(HOME)
+    if stat.S_IMODE(st.st_mode) != HOME_MODE or st.st_uid != SANDBOX_UID:
+        return f"the mode of {HOME}"
+    if os.listxattr(HOME):
+        return f"extended attributes on {HOME}"
+    for table in SYSV_TABLES:
+        with open(table, "rb") as fh:
+            if fh.read().count(b"\n") > 1:
+                return f"objects in {table}"
+    return None
+
+
+# ----------------------------------------------------------------------------- the zygote
+
+
+def _preimport() -> None:
+    """Import the common libraries once, leaving nothing where jobs write."""
+    # Libraries write caches at import (matplotlib its font list): a directory of their own,
+    # seeded with the image's build-time cache so nothing is rebuilt, removed afterwards.
+    cache = tempfile.mkdtemp(prefix="preimport-", dir="/tmp")
+    try:
+        if os.path.isdir(MPL_CACHE):
+            for name in os.listdir(MPL_CACHE):
+                shutil.copy(os.path.join(MPL_CACHE, name), cache)
+        os.environ["MPLCONFIGDIR"] = cache
+        for name in filter(None, os.environ.get("EXECBOX_PREIMPORT", "numpy").split(",")):
+            try:
+                importlib.import_module(name.strip())
+            except Exception:
+                pass
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _zygote(ctl: socket.socket) -> NoReturn:
+    """Import the libraries, then fork jobs and cleaners on request. Never holds job data."""
+    _preimport()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "MPLBACKEND")
+        or k.endswith("_NUM_THREADS")
+    }
+    env["MPLBACKEND"] = "Agg"
+    os.chdir("/")
+    # Everything imported so far moves to the permanent generation: a child's garbage
+    # collections then never walk (and copy-on-write) the zygote's whole heap.
+    gc.collect()
+    gc.freeze()
+    protected = {1, os.getppid(), os.getpid()}
+    ctl.send(_ZYGOTE_READY)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 16, 8)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)  # the server is gone
+        if not (msg == _ZYGOTE_JOB and len(fds) == 5) and not (msg == _ZYGOTE_CLEAN and not fds):
+            os._exit(1)  # the server broke the protocol: nothing here can be trusted
+        pid = os.fork()
+        if pid == 0:
+            if msg == _ZYGOTE_JOB:
+                _job_child(ctl, fds, env)
+            _cleaner(ctl, protected)
+        for fd in fds:
+            os.close(fd)
+        # A pidfd taken before the child can be reaped names it for sure (no pid reuse, no race).
+        pidfd = os.pidfd_open(pid)
+        socket.send_fds(ctl, [_ZYGOTE_PID + _PID.pack(pid)], [pidfd])
+        os.close(pidfd)
+        _, status, usage = os.wait4(pid, 0)
+        ctl.send(_ZYGOTE_EXIT + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
+
+
+class _WorkerBroken(Exception):
+    """The zygote is gone or does not answer: this worker runs no more jobs."""
+
+
+class _Zygote:
+    """The server's end of the zygote's control socket."""
+
+    def __init__(self, ctl: socket.socket, pid: int) -> None:
+        self.ctl = ctl
+        self.pid = pid
+
+    def _recv(self, kind: bytes, size: int, nfds: int, timeout: float) -> tuple[bytes, list[int]]:
+        self.ctl.settimeout(timeout)
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 64, 1)
+        except OSError as exc:
+            raise _WorkerBroken(f"the zygote did not answer: {exc!r}") from exc
+        if not msg.startswith(kind) or len(msg) != 1 + size or len(fds) != nfds:
+            for fd in fds:
+                os.close(fd)
+            raise _WorkerBroken(f"the zygote sent {msg[:16]!r}")
+        return msg[1:], fds
+
+    def wait_ready(self) -> None:
+        self._recv(_ZYGOTE_READY, 0, 0, 300)
+
+    def fork(self, op: bytes, fds: list[int]) -> tuple[int, int]:
+        """Have the zygote fork a job (``fds``: its descriptors) or a cleaner; its pid and pidfd."""
+        try:
+            socket.send_fds(self.ctl, [op], fds)
+        except OSError as exc:
+            raise _WorkerBroken(f"the zygote is gone: {exc!r}") from exc
+        payload, [pidfd] = self._recv(_ZYGOTE_PID, _PID.size, 1, 30)
+        (pid,) = _PID.unpack(payload)
+        return int(pid), pidfd
+
+    def reaped(self, timeout: float) -> tuple[int, float, int]:
+        """Wait status, CPU seconds and max RSS (bytes) of the child forked last, once reaped."""
+        payload, _ = self._recv(_ZYGOTE_EXIT, _EXIT.size, 0, timeout)
+        _, status, utime, stime, maxrss = _EXIT.unpack(payload)
+        return int(status), float(utime + stime), int(maxrss) * 1024
+
+    def clean(self) -> bool:
+        _, pidfd = self.fork(_ZYGOTE_CLEAN, [])
+        os.close(pidfd)
+        status, _, _ = self.reaped(CLEAN_TIMEOUT_S + 10)
+        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 # ----------------------------------------------------------------------------- the server
@@ -290,46 +703,244 @@ class _Cap:
         return self.head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace"), dropped
 
 
-_CLEANER: int | None = None
+class _Budget:
+    """The job's ``max_output_bytes``, spent field by field; what does not fit is cut and counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.cut = False
+
+    def text(self, value: str) -> str:
+        data = value.encode("utf-8", "replace")
+        if len(data) <= self.left:
+            self.left -= len(data)
+            return value
+        self.cut = True
+        marker = f"[... {len(data)} bytes truncated ...]"
+        if self.left < len(marker) + 16:
+            self.left = 0
+            return ""
+        kept = data[: self.left - len(marker)].decode("utf-8", "ignore") + marker
+        self.left -= len(kept.encode())
+        return kept
+
+    def json(self, value: Any) -> Any:
+        """A JSON value as is when it fits, else its cut JSON text."""
+        if value is None:
+            return None
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            return self.text("<a value that cannot be shown>")
+        if len(text.encode("utf-8", "replace")) <= self.left:
+            self.left -= len(text.encode("utf-8", "replace"))
+            return value
+        return self.text(text)
+
+    def error(self, error: ErrorRecord | None) -> ErrorRecord | None:
+        if error is None:
+            return None
+        name = self.text(error["name"])
+        value = self.text(error["value"])
+        lines = []
+        for line in error["traceback"]:
+            if self.left <= 0:
+                self.cut = True
+                break
+            lines.append(self.text(line))
+        return {"name": name, "value": value, "traceback": lines}
 
 
-def _cleanup_later(path: str) -> None:
-    """Remove the job's directory as the sandbox user (the server holds no DAC override).
+def _clean_error(raw: Any, limit: int) -> ErrorRecord | None:
+    """An error record from the job's pipe, whatever the job wrote there: strings, ``limit`` in all."""
+    if not isinstance(raw, dict):
+        return None
+    name, value, lines = raw.get("name"), raw.get("value"), raw.get("traceback")
+    kept: list[str] = []
+    room = limit
+    for line in lines[: MAX_TB_LINES + 1] if isinstance(lines, list) else []:
+        if room <= 0:
+            break
+        if isinstance(line, str):
+            kept.append(line[:room])
+            room -= len(kept[-1])
+    return {
+        "name": name[:limit] if isinstance(name, str) and name else "Error",
+        "value": value[:limit] if isinstance(value, str) else "",
+        "traceback": kept,
+    }
 
-    Runs while the result travels back; the next job waits for it (``_wait_cleanup``), so
-    no job ever starts beside the files of the one before.
-    """
-    global _CLEANER
-    try:
-        # Most jobs write nothing: an empty directory (tmpfs reports 40 bytes for one) is
-        # removed here at once; the parent directory is ours, so no permission on it is needed.
-        if os.lstat(path).st_size <= 40:
-            os.rmdir(path)
+
+def _equal(actual: Any, expected: Any, atol: float) -> bool:
+    if isinstance(expected, float) or isinstance(actual, float):
+        try:
+            return abs(float(actual) - float(expected)) <= atol
+        except (TypeError, ValueError, OverflowError):
+            return False
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(actual) == len(expected) and all(_equal(a, e, atol) for a, e in zip(actual, expected, strict=True))
+    return bool(actual == expected)
+
+
+class _Verdicts:
+    """Test outcomes as the job reports them, judged here against values the job never saw."""
+
+    def __init__(self, tests: TestsRequest, limit: int) -> None:
+        self.assertions = bool(tests.get("assertions"))
+        cases = tests.get("cases") or []
+        self.expected = [case.get("expected") if isinstance(case, dict) else None for case in cases]
+        self.count = 1 if self.assertions else len(self.expected)
+        self.stop_first = bool(tests.get("stop_on_first_failure", True))
+        self.atol = float(tests.get("atol") or 1e-6)
+        self.limit = limit
+        self.kept = 0  # bytes of actual values kept for the response (the rest is judged, not kept)
+        self.outcomes: dict[int, TestRecord] = {}
+        self.first_failure: int | None = None
+
+    def add(self, record: dict[str, Any], size: int) -> bool:
+        """Take one record; True when the job should be stopped (its first failure, if asked)."""
+        index = record.get("index")
+        if type(index) is not int or not 0 <= index < self.count or index in self.outcomes:
+            return False
+        if self.first_failure is not None and index > self.first_failure:
+            return False
+        status = record.get("status")
+        actual = record.get("actual")
+        if self.assertions:
+            if status not in ("passed", "failed", "timeout"):
+                return False
+            passed = status == "passed"
+            actual = None
+        elif status == "returned":
+            try:
+                passed = _equal(actual, self.expected[index], self.atol)
+            except RecursionError:
+                passed = False
+            status = "passed" if passed else "failed"
+        elif status in ("error", "timeout"):
+            passed, actual = False, None
+        else:
+            return False
+        if actual is not None and self.kept + size > 2 * self.limit:
+            actual = f"<a value of {size} bytes: over the output limit>"  # judged, not kept
+        self.kept += size if actual is not None else 0
+        duration = record.get("duration_ms")
+        ok_duration = isinstance(duration, int | float) and math.isfinite(duration) and duration >= 0
+        self.outcomes[index] = {
+            "index": index,
+            "passed": passed,
+            "status": str(status),
+            "actual": actual,
+            "error": _clean_error(record.get("error"), self.limit + 1),
+            "duration_ms": float(duration) if ok_duration else 0.0,  # type: ignore[arg-type]
+        }
+        if not passed and self.stop_first and self.first_failure is None:
+            self.first_failure = index
+            return True
+        return False
+
+    def _last(self) -> int:
+        return self.first_failure if self.first_failure is not None else self.count - 1
+
+    def complete(self) -> bool:
+        """Whether the harness reported every test it was meant to run."""
+        return all(i in self.outcomes for i in range(self._last() + 1))
+
+    def missing(self) -> int:
+        return sum(1 for i in range(self._last() + 1) if i not in self.outcomes)
+
+    def report(self) -> list[TestRecord]:
+        """One outcome per test, in order; every test without a verdict counts as not passed."""
+        last = self._last()
+        return [self.outcomes[i] if i in self.outcomes and i <= last else _not_run(i) for i in range(self.count)]
+
+
+def _not_run(index: int) -> TestRecord:
+    return {"index": index, "passed": False, "status": "not_run", "actual": None, "error": None, "duration_ms": 0.0}
+
+
+class _Records:
+    """The job's result pipe: JSON lines, each handled as soon as it is complete."""
+
+    def __init__(self, job: JobRequest, limit: int) -> None:
+        self.limit = limit
+        self.partial = bytearray()
+        self.skipping = False  # inside a line longer than a record may be
+        self.total = 0
+        self.error: ErrorRecord | None = None
+        self.value: str | None = None
+        tests = job.get("tests")
+        self.verdicts = _Verdicts(tests, limit) if isinstance(tests, dict) else None
+        self.stop = False  # the first failing test was seen and the job asked to stop there
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        while data:
+            end = data.find(b"\n")
+            if end < 0:
+                self.partial += data
+                if len(self.partial) > MAX_RECORD_BYTES:
+                    self.partial.clear()
+                    self.skipping = True
+                return
+            line = bytes(self.partial) + data[:end]
+            data = data[end + 1 :]
+            self.partial.clear()
+            if self.skipping:
+                self.skipping = False
+                continue
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             return
-    except FileNotFoundError:
-        return  # the job never got as far as creating it
-    except OSError:
-        pass
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(SANDBOX_UID)
-            os.setuid(SANDBOX_UID)
-            shutil.rmtree(path, ignore_errors=True)
-        finally:
-            os._exit(0)
-    _CLEANER = pid
+        if not isinstance(record, dict):
+            return
+        kind = record.get("kind")
+        if kind == "value" and self.value is None and isinstance(record.get("text"), str):
+            self.value = record["text"][: self.limit + 1]  # over the limit: the budget cuts and says so
+        elif kind == "error" and self.error is None:
+            self.error = _clean_error(record.get("error"), self.limit + 1)
+        elif kind == "test" and self.verdicts is not None and not self.stop:
+            self.stop = self.verdicts.add(record, len(line))
 
 
-def _wait_cleanup() -> None:
-    global _CLEANER
-    if _CLEANER is not None:
-        try:
-            os.waitpid(_CLEANER, 0)
-        except ChildProcessError:
-            pass
-        _CLEANER = None
+def _number(value: Any, default: float, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return default
+    return min(max(float(value), low), high)
+
+
+def _child_job(job: JobRequest, timeout: float, memory: int, limit: int) -> ChildJob:
+    tests = job.get("tests")
+    child_tests: ChildTests | None = None
+    if isinstance(tests, dict):
+        cases = tests.get("cases") or []
+        per_test = _number(tests.get("per_test_timeout_s"), timeout, 0.001, 86400.0)
+        child_tests = {
+            "entry_point": tests.get("entry_point") if isinstance(tests.get("entry_point"), str) else None,
+            # Inputs only: the expected values stay here, out of the job's reach.
+            "inputs": [case.get("input") if isinstance(case, dict) else None for case in cases],
+            "assertions": tests.get("assertions") if isinstance(tests.get("assertions"), str) else None,
+            "per_test_timeout_s": per_test,
+        }
+    code = job.get("code")
+    return {
+        "code": code if isinstance(code, str) else "",
+        "timeout_s": timeout,
+        "memory_mb": memory,
+        "limit": limit,
+        "tests": child_tests,
+    }
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
 
 
 def _oom_kills() -> int:
@@ -346,236 +957,256 @@ def _oom_kills() -> int:
     return 0
 
 
-def _sweep() -> None:
-    """Kill every process in the container but the init and this server."""
-    me = os.getpid()
-    for _ in range(3):
-        found = False
-        for name in os.listdir("/proc"):
-            if name.isdigit() and int(name) not in (1, me):
-                try:
-                    os.kill(int(name), signal.SIGKILL)
-                    found = True
-                except OSError:
-                    pass
-        if not found:
-            break
-        _reap()
+class _Server:
+    def __init__(self, zygote: _Zygote) -> None:
+        self.zygote = zygote
+        self.protected = {1, os.getpid(), zygote.pid}
 
+    def make_clean(self) -> str | None:
+        """Leave the worker as a new job must find it; what could not be removed, or None."""
+        left = _leftovers(self.protected)
+        if left is None:
+            return None
+        self.zygote.clean()
+        return _leftovers(self.protected)
 
-def _reap() -> None:
-    while True:
+    def run_job(self, job: JobRequest) -> JobResult:
+        timeout = _number(job.get("timeout_s"), 10.0, 0.001, 86400.0)
+        memory = int(_number(job.get("memory_mb"), 0, 0, 1 << 20))
+        limit = int(_number(job.get("max_output_bytes"), 1_048_576, 1024, 1 << 30))
+        hard_limit = 8 * limit
+        stdin_text = job.get("stdin")
+        stdin = stdin_text.encode("utf-8", "replace") if isinstance(stdin_text, str) else b""
+        records = _Records(job, limit)
+
+        job_fd = os.memfd_create("job", os.MFD_CLOEXEC)
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    timeout = float(job.get("timeout_s") or 10)
-    limit = int(job.get("max_output_bytes") or 1_048_576)
-    hard_limit = 8 * limit
-    global _JOB_SEQ
-    _JOB_SEQ += 1
-    workdir = f"{JOBS_DIR}/j{_JOB_SEQ}"
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe()
-    in_r, in_w = os.pipe()
-    _wait_cleanup()
-    oom_before = _oom_kills()
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.close(out_r)
-        os.close(err_r)
-        os.close(res_r)
-        os.close(in_w)
-        os.dup2(in_r, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        _run_child(job, workdir, res_w)
-    for fd in (out_w, err_w, res_w, in_r):
-        os.close(fd)
-    stdin = (job.get("stdin") or "").encode("utf-8", "replace")
-    try:
-        if stdin:
-            os.set_blocking(in_w, False)
+            payload = json.dumps(_child_job(job, timeout, memory, limit)).encode("utf-8", "replace")
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(job_fd, view) :]
+            del payload, view
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            res_r, res_w = os.pipe()
+            in_r, in_w = os.pipe()
+            oom_before = _oom_kills()
+            started = time.monotonic()
             try:
-                written = os.write(in_w, stdin[:65536])
-                stdin = stdin[written:]
-            except BlockingIOError:
-                pass
-    finally:
+                pid, pidfd = self.zygote.fork(_ZYGOTE_JOB, [job_fd, in_r, out_w, err_w, res_w])
+            finally:
+                for fd in (out_w, err_w, res_w, in_r):
+                    os.close(fd)
+        finally:
+            os.close(job_fd)
+        os.set_blocking(in_w, False)
         if not stdin:
             os.close(in_w)
             in_w = -1
-    caps = {out_r: _Cap(limit // 2), err_r: _Cap(limit // 4)}
-    records = bytearray()
-    open_fds = {out_r, err_r, res_r}
-    status = None
-    deadline = started + timeout
-    # Readable once the job's process exits: a daemon it left holding the pipes open
-    # must not keep the job "running" until its deadline.
-    pidfd = os.pidfd_open(pid)
-    exited, exited_at = False, 0.0
-    while open_fds:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            status = "timeout"
-            break
-        wfds = [in_w] if in_w >= 0 and stdin else []
-        rfds = list(open_fds) + ([] if exited else [pidfd])
-        readable, writable, _ = select.select(rfds, wfds, [], min(remaining, 1.0) if not exited else 0.02)
-        if exited and (not readable or time.monotonic() - exited_at > 0.1):
-            break  # the job is over; what its leftovers write is not its output
-        if pidfd in readable:
-            exited, exited_at = True, time.monotonic()
-            readable.remove(pidfd)
-        for fd in writable:
-            try:
-                written = os.write(fd, stdin[:65536])
-                stdin = stdin[written:]
-            except OSError:
-                stdin = b""
-            if not stdin:
-                os.close(in_w)
-                in_w = -1
-        for fd in readable:
-            data = os.read(fd, 65536)
-            if not data:
-                open_fds.discard(fd)
-                continue
-            if fd == res_r:
-                if len(records) < 16 * 1024 * 1024:
-                    records += data
-            else:
-                caps[fd].add(data)
-        if sum(cap.total for cap in caps.values()) > hard_limit:
-            status = "output_limit"
-            break
-    if status is not None:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    _, wait_status, usage = os.wait4(pid, 0)
-    os.close(pidfd)
-    wall = time.monotonic() - started
-    if in_w >= 0:
-        os.close(in_w)
-    for fd in (out_r, err_r, res_r):
-        try:
-            # Non-blocking: a leftover process may still hold the pipe's other end.
-            os.set_blocking(fd, False)
-            while fd in open_fds and status is None:
+        caps = {out_r: _Cap(limit // 2), err_r: _Cap(limit // 4)}
+        open_fds = {out_r, err_r, res_r}
+        status: str | None = None
+        stopped = False  # by us, at the first failing test
+        deadline = started + timeout
+        # The pidfd is readable once the job's process exits: a daemon it left holding the
+        # pipes open must not keep the job "running" until its deadline.
+        exited, exited_at = False, 0.0
+        while open_fds or not exited:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                status = "timeout"
+                break
+            wfds = [in_w] if in_w >= 0 and stdin else []
+            rfds = list(open_fds) + ([] if exited else [pidfd])
+            readable, writable, _ = select.select(rfds, wfds, [], min(remaining, 1.0) if not exited else 0.02)
+            if exited and (not readable or time.monotonic() - exited_at > 0.1):
+                break  # the job is over; what its leftovers write is not its output
+            if pidfd in readable:
+                exited, exited_at = True, time.monotonic()
+                readable.remove(pidfd)
+            for fd in writable:
+                try:
+                    written = os.write(fd, stdin[:65536])
+                    stdin = stdin[written:]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    stdin = b""
+                if not stdin:
+                    os.close(in_w)
+                    in_w = -1
+            for fd in readable:
                 data = os.read(fd, 65536)
                 if not data:
-                    break
-                if fd == res_r:
-                    records += data
+                    open_fds.discard(fd)
+                elif fd == res_r:
+                    records.feed(data)
                 else:
                     caps[fd].add(data)
-        except (BlockingIOError, OSError):
-            pass
-        os.close(fd)
-    _sweep()
-    _cleanup_later(workdir)
+            if sum(cap.total for cap in caps.values()) > hard_limit or records.total > MAX_RECORDS_BYTES:
+                status = "output_limit"
+                break
+            if records.stop and not exited:
+                stopped = True
+                break
+        if status is not None or stopped:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the job's process, for sure
+            except OSError:
+                pass
+            try:
+                os.killpg(pid, signal.SIGKILL)  # and its group, while the group is alive
+            except OSError:
+                pass
+        os.close(pidfd)
+        if in_w >= 0:
+            os.close(in_w)
+        for fd in (out_r, err_r, res_r):
+            try:
+                # Non-blocking and bounded: a leftover process may still hold the other end.
+                os.set_blocking(fd, False)
+                drained = 0
+                while fd in open_fds and status is None and drained < hard_limit:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    drained += len(data)
+                    if fd == res_r:
+                        records.feed(data)
+                    else:
+                        caps[fd].add(data)
+            except OSError:
+                pass
+            os.close(fd)
+        wait_status, cpu_s, peak = self.zygote.reaped(REPORT_TIMEOUT_S)
+        wall = time.monotonic() - started
+        left = self.make_clean()
 
-    parsed = []
-    for line in bytes(records).splitlines():
-        try:
-            parsed.append(json.loads(line))
-        except ValueError:
-            pass
-    error = next((r["error"] for r in parsed if r.get("kind") == "error"), None)
-    value = next((r["text"] for r in parsed if r.get("kind") == "value"), None)
-    tests = [r for r in parsed if r.get("kind") == "test"]
-    exit_code = None
-    signame = None
-    if os.WIFEXITED(wait_status):
-        exit_code = os.WEXITSTATUS(wait_status)
-    elif os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        exit_code = -sig
-        signame = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-    if status is None:
-        if exit_code == 0:
-            status = "ok"
-        elif error is not None and error.get("name") == "MemoryError":
-            status = "out_of_memory"
-        elif signame == "SIGKILL" and _oom_kills() > oom_before:
-            status = "out_of_memory"  # the container's OOM killer ended it: counted, not guessed
-        elif signame == "SIGXCPU":
-            status = "timeout"
-        elif signame is not None:
-            status = "crashed"
-        else:
+        exit_code: int | None = None
+        signame: str | None = None
+        if stopped:
+            pass  # we ended it on purpose: its exit says nothing about the program
+        elif os.WIFEXITED(wait_status):
+            exit_code = os.WEXITSTATUS(wait_status)
+        elif os.WIFSIGNALED(wait_status):
+            exit_code = -os.WTERMSIG(wait_status)
+            signame = _signal_name(os.WTERMSIG(wait_status))
+        error = records.error
+        message: str | None = None
+        if status is None:
+            if stopped or exit_code == 0:
+                status = "ok"
+            elif error is not None and error["name"] == "MemoryError":
+                status = "out_of_memory"
+            elif signame == "SIGKILL" and _oom_kills() > oom_before:
+                status = "out_of_memory"  # the container's OOM killer ended it: counted, not guessed
+            elif signame == "SIGXCPU":
+                status = "timeout"
+            elif signame is not None:
+                status = "crashed"
+            else:
+                status = "error"
+        verdicts = records.verdicts
+        if verdicts is not None and status == "ok" and not verdicts.complete():
+            # os._exit(0) before or during the tests: a program that exits cleanly has not passed.
             status = "error"
-    stdout, out_dropped = caps[out_r].text()
-    stderr, err_dropped = caps[err_r].text()
-    return {
-        "id": job.get("id"),
-        "status": status,
-        "stdout": stdout,
-        "stderr": stderr,
-        "error": error,
-        "value": value,
-        "exit_code": exit_code,
-        "signal": signame,
-        "wall_ms": round(wall * 1000, 3),
-        "cpu_ms": round((usage.ru_utime + usage.ru_stime) * 1000, 3),
-        "peak_memory_bytes": usage.ru_maxrss * 1024,
-        "truncated": bool(out_dropped or err_dropped),
-        "dropped_bytes": out_dropped + err_dropped,
-        "tests": tests if job.get("tests") is not None else None,
-    }
+            missing = verdicts.missing()
+            message = (
+                f"the program ended (exit code {exit_code}) before the test harness finished: "
+                f"{missing} of {verdicts.count} tests never reported a result and count as not passed"
+            )
+        elif verdicts is not None and stopped:
+            message = "stopped after the first failing test (stop_on_first_failure)"
+
+        budget = _Budget(limit)
+        stdout, out_dropped = caps[out_r].text()
+        stderr, err_dropped = caps[err_r].text()
+        result: JobResult = {
+            "id": job.get("id"),
+            "status": status,
+            "stdout": budget.text(stdout),
+            "stderr": budget.text(stderr),
+            "error": budget.error(error),
+            "value": budget.text(records.value) if records.value is not None else None,
+            "exit_code": exit_code,
+            "signal": signame,
+            "wall_ms": round(wall * 1000, 3),
+            "cpu_ms": round(cpu_s * 1000, 3),
+            "peak_memory_bytes": peak,
+            "truncated": False,
+            "tests": None,
+            "message": message,
+            "retire": left is not None,
+        }
+        if verdicts is not None:
+            tests = verdicts.report()
+            for outcome in tests:
+                outcome["error"] = budget.error(outcome["error"])
+                outcome["actual"] = budget.json(outcome["actual"])
+            result["tests"] = tests
+        result["truncated"] = bool(out_dropped or err_dropped or budget.cut)
+        if left is not None:
+            print(f"forkserver: worker not clean after a job ({left}); retiring", file=sys.stderr, flush=True)
+        return result
 
 
-_CHILD_ENV: dict[str, str] = {}
-_JOB_SEQ = 0
+def _answer(server: _Server, line: bytes) -> tuple[dict[str, Any], bool]:
+    """The result for one request line, and whether this worker must stop serving."""
+    try:
+        job = json.loads(line)
+    except (ValueError, RecursionError):
+        job = None
+    if not isinstance(job, dict):
+        error: ErrorRecord = {"name": "ValueError", "value": "the request was not a JSON object", "traceback": []}
+        return {"id": None, "status": "error", "error": error, "stdout": "", "stderr": ""}, False
+    if job.get("op") == "ping":
+        return {"id": job.get("id"), "pong": True}, False
+    try:
+        result = server.run_job(job)  # type: ignore[arg-type]
+    except Exception as exc:  # the zygote is gone, or a bug here: this worker's state is unknown
+        traceback.print_exc()
+        message = f"the batch worker broke while running this job ({exc!r:.500}) and was replaced"
+        return {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "message": message}, True
+    return dict(result), bool(result["retire"])
 
 
 def main() -> None:
-    global _CHILD_ENV
-    for name in filter(None, os.environ.get("EXECBOX_PREIMPORT", "numpy").split(",")):
+    for fd in (0, 1, 2):  # received descriptors must never land on 0-2, which a job's dup2 replaces
         try:
-            importlib.import_module(name.strip())
-        except Exception:
-            pass
-    _CHILD_ENV = {
-        k: v
-        for k, v in os.environ.items()
-        if k in ("PATH", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "MPLBACKEND")
-        or k.endswith("_NUM_THREADS")
-    }
-    _CHILD_ENV["MPLBACKEND"] = "Agg"
-    # Everything imported so far moves to the permanent generation: a child's garbage
-    # collections then never walk (and copy-on-write) the parent's whole heap.
-    gc.collect()
-    gc.freeze()
-    os.makedirs(JOBS_DIR, exist_ok=True)
-    os.chmod(JOBS_DIR, 0o1733)  # jobs create their own dirs; nobody lists the others
+            os.fstat(fd)
+        except OSError:
+            os.open("/dev/null", os.O_RDWR)
+    # The zygote comes first: it must never see the host's socket, nor anything sent on it.
+    ctl_server, ctl_zygote = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ctl_server.close()
+        _zygote(ctl_zygote)
+    ctl_zygote.close()
+    zygote = _Zygote(ctl_server, pid)
+    zygote.wait_ready()
+    server = _Server(zygote)
+    # A known start: HOME's mode as a job must find it, nothing anywhere.
+    if not zygote.clean() or _leftovers(server.protected) is not None:
+        sys.exit(f"forkserver: the worker is not clean at start: {_leftovers(server.protected)}")
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if os.path.exists(SOCKET_PATH):
         os.unlink(SOCKET_PATH)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(SOCKET_PATH)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(SOCKET_PATH)
     os.chmod(SOCKET_PATH, 0o600)
-    server.listen(1)
+    listener.listen(1)
     while True:
-        conn, _ = server.accept()
+        conn, _ = listener.accept()
         with conn, conn.makefile("rwb") as stream:
             for line in stream:
-                try:
-                    job = json.loads(line)
-                    result = run_job(job) if job.get("op") != "ping" else {"id": job.get("id"), "pong": True}
-                except Exception as exc:  # a bad job must not end the server
-                    result = {"id": None, "status": "error", "error": _error_record(exc), "stdout": "", "stderr": ""}
-                stream.write((json.dumps(result, default=repr) + "\n").encode("utf-8", "replace"))
+                result, retire = _answer(server, line)
+                stream.write((json.dumps(result) + "\n").encode("utf-8", "replace"))
                 stream.flush()
+                if retire:
+                    # Requests already sent stay unanswered: the host sees the flag and the
+                    # closed connection, runs them elsewhere, and removes this worker.
+                    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ a fresh child per job (see sandbox_images/python/forkserver.py). This module kee
 two API keys: a worker belongs to the first key that uses it and is destroyed, not lent,
 when another key needs the slot. A worker that stops answering or drops its connection is
 destroyed and replaced; its job is reported as ``crashed`` with the reason.
+
+What a worker sends back is parsed as hostile input (:func:`parse_result`): a field of the wrong
+type or a broken line makes that job ``crashed`` and the worker is replaced; every byte of a
+result — output, error, value, test values — is counted against the job's ``max_output_bytes``;
+a test-mode job whose harness did not report every test fails, whatever its exit code said.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from execbox._models import BatchJob, BatchResult, BatchSummary, ExecutionError, JobStatus, TestOutcome
@@ -26,7 +33,7 @@ from execbox_server.errors import PoolClosed, PoolExhausted
 from execbox_server.observability import Metrics
 from execbox_server.settings import Settings
 
-__all__ = ["BatchRunner"]
+__all__ = ["BatchRunner", "ParsedResult", "parse_result"]
 
 log = logging.getLogger("execbox.batch")
 
@@ -166,7 +173,6 @@ class BatchRunner:
                     line = await asyncio.wait_for(worker.reader.readline(), self._timeout(job) + WORKER_MARGIN_S)
                     if not line:
                         raise ConnectionError("the worker closed its connection")
-                    raw = json.loads(line)
                 except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
                     log.warning("batch worker %s lost during job %d: %r", worker.short_id, index, exc)
                     while inflight:
@@ -179,7 +185,19 @@ class BatchRunner:
                     continue
                 inflight.popleft()
                 worker.jobs += 1
-                await emit(_to_result(index, job, raw))
+                parsed = parse_result(index, job, line, limit=self._limit(job))
+                await emit(parsed.result)
+                if not parsed.worker_ok:
+                    # The worker could not be made clean after this job, or sent what no sound
+                    # worker sends: it runs nothing more. A retiring worker answers no further
+                    # request, so what it still holds never ran there: other workers run it.
+                    log.warning("batch worker %s retired after job %d: %s", worker.short_id, index, parsed.reason)
+                    while inflight:
+                        i, j, _t = inflight.popleft()
+                        queue.put_nowait((i, j))
+                    await self._discard(worker)
+                    worker = None
+                    continue
                 if worker.jobs >= RECYCLE_AFTER_JOBS and not inflight:
                     await self._discard(worker)
                     worker = None
@@ -193,6 +211,10 @@ class BatchRunner:
     def _timeout(self, job: BatchJob) -> float:
         return min(job.timeout_s or self._settings.batch_default_timeout_s, self._settings.max_timeout_s)
 
+    def _limit(self, job: BatchJob) -> int:
+        s = self._settings
+        return min(job.max_output_bytes or s.max_output_bytes, s.max_output_bytes_limit)
+
     def _send(self, worker: ForkWorker, index: int, job: BatchJob) -> None:
         s = self._settings
         payload = {
@@ -201,7 +223,8 @@ class BatchRunner:
             "stdin": job.stdin,
             "timeout_s": self._timeout(job),
             "memory_mb": min(job.memory_mb or s.batch_memory_mb, s.batch_memory_mb),
-            "max_output_bytes": min(job.max_output_bytes or s.max_output_bytes, s.max_output_bytes_limit),
+            "max_output_bytes": self._limit(job),
+            # The worker keeps the expected values to itself: the job's process never gets them.
             "tests": job.tests.model_dump() if job.tests is not None else None,
         }
         worker.writer.write(json.dumps(payload).encode() + b"\n")
@@ -276,40 +299,245 @@ class BatchRunner:
             self._changed.notify_all()
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedResult:
+    """A job's result as the API returns it, and whether its worker may run more jobs."""
+
+    result: BatchResult
+    worker_ok: bool = True
+    reason: str | None = None  # why the worker may not
+
+
+class _Malformed(Exception):
+    """The worker sent something no sound fork server sends."""
+
+
+# Statuses a worker may give a test; ``not_run``: the harness never reported it.
+_TEST_STATUSES = frozenset({"passed", "failed", "error", "timeout", "not_run"})
+_MAX_DEPTH = 64  # nesting of a test value in a response (pydantic serializes deeper ones poorly)
+_MAX_MESSAGE = 2000
+
+
+def parse_result(index: int, job: BatchJob, line: bytes, *, limit: int) -> ParsedResult:
+    """One result line from a worker, as hostile input: never raises.
+
+    Wrong types, unknown statuses, a test list that does not match the job's tests or a line that
+    is not JSON make the job ``crashed`` (with the reason) and the worker untrusted. Every text
+    and value that reaches the response is counted against ``limit`` (the job's
+    ``max_output_bytes``) and cut beyond it; ``truncated`` says so.
+    """
+    try:
+        raw = json.loads(line)
+        if not isinstance(raw, dict):
+            raise _Malformed("the result is not a JSON object")
+        result = _build(index, job, raw, limit)
+    except Exception as exc:  # whatever a worker sends, the batch goes on
+        reason = f"the batch worker sent a malformed result ({str(exc)[:300]}); the worker was replaced"
+        return ParsedResult(_failed(index, job, reason), worker_ok=False, reason=reason)
+    if raw.get("retire") is True:
+        return ParsedResult(result, worker_ok=False, reason="the worker could not be made clean after this job")
+    return ParsedResult(result)
+
+
+def _build(index: int, job: BatchJob, raw: dict[str, Any], limit: int) -> BatchResult:
+    try:
+        status = JobStatus(_field(raw, "status", str))
+    except ValueError as exc:
+        raise _Malformed(f"unknown status {str(raw.get('status'))[:50]!r}") from exc
+    budget = _Budget(limit)
+    stdout = budget.text(_field(raw, "stdout", str, ""))
+    stderr = budget.text(_field(raw, "stderr", str, ""))
+    error = budget.error(_error(raw.get("error")))
+    value = _field(raw, "value", str, None)
+    value = budget.text(value) if value is not None else None
+    exit_code = _field(raw, "exit_code", int, None)
+    if exit_code is not None and not -(2**31) <= exit_code < 2**31:
+        raise _Malformed("exit_code out of range")
+    signal_name = _field(raw, "signal", str, None)
+    if signal_name is not None and (len(signal_name) > 16 or not signal_name.isascii() or not signal_name.isalnum()):
+        raise _Malformed("a signal name that is no signal name")
+    tests = _tests(job, raw.get("tests"), budget)
+    message = _field(raw, "message", str, None)
+    if tests is not None and status is JobStatus.OK and _harness_incomplete(job, tests):
+        # Defence in depth: the worker already says so; a job that ends before its tests never passes.
+        status = JobStatus.ERROR
+        message = "the program ended before the test harness reported every test; the missing ones count as failed"
+    return BatchResult(
+        index=index,
+        id=job.id,
+        status=status,
+        stdout=stdout,
+        stderr=stderr,
+        error=error,
+        value=value,
+        exit_code=exit_code,
+        signal=signal_name,
+        wall_ms=_number(raw, "wall_ms") or 0.0,
+        cpu_ms=_number(raw, "cpu_ms"),
+        peak_memory_bytes=_field(raw, "peak_memory_bytes", int, None),
+        truncated=_field(raw, "truncated", bool, False) or budget.cut,
+        tests=tests,
+        message=message[:_MAX_MESSAGE] if message else _message(status, signal_name),
+    )
+
+
+def _field(raw: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    """``raw[name]`` if it has type ``kind`` (bool is not an int here), ``default`` if absent or null."""
+    value = raw.get(name)
+    if value is None and default is not ...:
+        return default
+    if type(value) is not kind:
+        raise _Malformed(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _number(raw: dict[str, Any], name: str) -> float | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise _Malformed(f"{name} is not a finite non-negative number")
+    return float(value)
+
+
+def _error(raw: Any) -> ExecutionError | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Malformed("error is not an object")
+    lines = _field(raw, "traceback", list, [])
+    if not all(type(line) is str for line in lines):
+        raise _Malformed("a traceback line is not a string")
+    return ExecutionError(name=_field(raw, "name", str), value=_field(raw, "value", str, ""), traceback=lines)
+
+
+def _tests(job: BatchJob, raw: Any, budget: _Budget) -> list[TestOutcome] | None:
+    spec = job.tests
+    if spec is None:
+        if raw is not None:
+            raise _Malformed("tests for a job without tests")
+        return None
+    if raw is None:
+        raw = []  # the worker ran no harness at all (a crash before it): every test is missing
+    if not isinstance(raw, list):
+        raise _Malformed("tests is not a list")
+    cases = spec.cases or []
+    count = 1 if spec.assertions else len(cases)
+    if len(raw) > count:
+        raise _Malformed(f"{len(raw)} test outcomes for {count} tests")
+    outcomes = []
+    for i in range(count):
+        item = raw[i] if i < len(raw) else {"index": i, "passed": False, "status": "not_run"}
+        if not isinstance(item, dict) or _field(item, "index", int) != i:
+            raise _Malformed(f"test outcome {i} is not an object with index {i}")
+        passed = _field(item, "passed", bool)
+        status = _field(item, "status", str)
+        if status not in _TEST_STATUSES or passed != (status == "passed"):
+            raise _Malformed(f"test outcome {i} has status {status[:30]!r} and passed={passed}")
+        case = cases[i] if not spec.assertions else None
+        outcomes.append(
+            TestOutcome(
+                index=i,
+                passed=passed,
+                status=status,
+                error=budget.error(_error(item.get("error"))),
+                actual=budget.json(item.get("actual")),
+                input=budget.json(case.input) if case is not None else None,
+                expected=budget.json(case.expected) if case is not None else None,
+                duration_ms=_number(item, "duration_ms") or 0.0,
+            )
+        )
+    return outcomes
+
+
+def _harness_incomplete(job: BatchJob, tests: list[TestOutcome]) -> bool:
+    """Whether a test was left unrun without a failure before it that explains it."""
+    stop_first = job.tests is not None and job.tests.stop_on_first_failure
+    for outcome in tests:
+        if outcome.status == "not_run":
+            return True
+        if not outcome.passed and stop_first:
+            return False  # the rest were skipped on purpose
+    return False
+
+
+class _Budget:
+    """A job's ``max_output_bytes``, spent field by field (UTF-8 bytes); what does not fit is cut."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.cut = False
+
+    def text(self, value: str) -> str:
+        # "replace": a lone surrogate in a worker's JSON must not fail the response's encoding.
+        data = value.encode("utf-8", "replace")
+        if len(data) <= self.left:
+            self.left -= len(data)
+            return data.decode("utf-8")
+        self.cut = True
+        marker = f"[... {len(data)} bytes truncated ...]"
+        if self.left < len(marker) + 16:
+            self.left = 0
+            return ""
+        kept = data[: self.left - len(marker)].decode("utf-8", "ignore") + marker
+        self.left -= len(kept.encode())
+        return kept
+
+    def json(self, value: Any) -> Any:
+        """A JSON value as it is when it fits (and is shallow), else its JSON text, cut."""
+        if value is None:
+            return None
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+            size = len(text.encode())
+        except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            return self.text("<a value that cannot be shown>")
+        if size <= self.left and _depth(value) <= _MAX_DEPTH:
+            self.left -= size
+            return value
+        return self.text(text)
+
+    def error(self, error: ExecutionError | None) -> ExecutionError | None:
+        if error is None:
+            return None
+        name = self.text(error.name)
+        value = self.text(error.value)
+        lines = []
+        for line in error.traceback:
+            if self.left <= 0:
+                self.cut = True
+                break
+            lines.append(self.text(line))
+        return ExecutionError(name=name, value=value, traceback=lines)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > _MAX_DEPTH:
+            return deepest
+        if isinstance(item, list):
+            stack.extend((x, depth + 1) for x in item)
+        elif isinstance(item, dict):
+            stack.extend((x, depth + 1) for x in item.values())
+    return deepest
+
+
 def _failed(index: int, job: BatchJob, message: str) -> BatchResult:
     return BatchResult(index=index, id=job.id, status=JobStatus.CRASHED, message=message)
 
 
-def _to_result(index: int, job: BatchJob, raw: dict[str, Any]) -> BatchResult:
-    error = raw.get("error")
-    tests = raw.get("tests")
-    return BatchResult(
-        index=index,
-        id=job.id,
-        status=JobStatus(raw.get("status", "crashed")),
-        stdout=raw.get("stdout") or "",
-        stderr=raw.get("stderr") or "",
-        error=ExecutionError.model_validate(error) if error else None,
-        value=raw.get("value"),
-        exit_code=raw.get("exit_code"),
-        signal=raw.get("signal"),
-        wall_ms=raw.get("wall_ms") or 0.0,
-        cpu_ms=raw.get("cpu_ms"),
-        peak_memory_bytes=raw.get("peak_memory_bytes"),
-        truncated=bool(raw.get("truncated")),
-        tests=[TestOutcome.model_validate(t) for t in tests] if tests is not None else None,
-        message=_message(raw),
-    )
-
-
-def _message(raw: dict[str, Any]) -> str | None:
-    status = raw.get("status")
-    if status == "timeout":
+def _message(status: JobStatus, signal_name: str | None) -> str | None:
+    if status is JobStatus.TIMEOUT:
         return "the program did not finish in time and was killed with its process group"
-    if status == "output_limit":
+    if status is JobStatus.OUTPUT_LIMIT:
         return "the program printed more than the output limit allows and was killed"
-    if status == "crashed":
-        return f"the program was killed by {raw.get('signal') or 'a signal'}"
-    if status == "out_of_memory":
+    if status is JobStatus.CRASHED:
+        return f"the program was killed by {signal_name or 'a signal'}"
+    if status is JobStatus.OUT_OF_MEMORY:
         return "the program ran out of memory"
     return None
