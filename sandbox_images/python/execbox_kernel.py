@@ -8,6 +8,7 @@ user never waits for. The modules land in ``sys.modules`` only, not in the user 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -43,13 +44,38 @@ def _valid_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _wire_len(value: object) -> int:
+    """Bytes ``value`` takes in a message as jupyter_client writes it (JSON, UTF-8)."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError):
+        return len(repr(value)) * 6
+
+
+def _fit(text: str, budget: int, *, tail: bool) -> int:
+    """How many characters of ``text`` (from its start, or its end) fit in ``budget`` wire bytes."""
+    n = min(len(text), budget)
+    while n > 0:
+        size = _wire_len(text[-n:] if tail else text[:n])
+        if size <= budget:
+            return n
+        n = min(n - 1, n * budget // size)
+    return 0
+
+
 def _cut(text: str, limit: int) -> tuple[str, int]:
-    """Head and tail of ``text`` within ``limit`` characters, and how many were cut."""
-    if len(text) <= limit:
+    """Head and tail of ``text`` within ``limit`` wire bytes, and how many characters were cut.
+
+    Measured as the message carries it (JSON escapes a control character into 6 bytes), so
+    the server can bound what it buffers per message in bytes.
+    """
+    if len(text) * 6 <= limit or _wire_len(text) <= limit:
         return text, 0
-    half = limit // 2
-    dropped = len(text) - 2 * half
-    return f"{text[:half]}\n[... {dropped} characters truncated in the sandbox ...]\n{text[-half:]}", dropped
+    half = max(0, limit // 2 - 64)
+    head, tail = _fit(text, half, tail=False), _fit(text, half, tail=True)
+    dropped = len(text) - head - tail
+    cut_tail = text[len(text) - tail :] if tail else ""
+    return f"{text[:head]}\n[... {dropped} characters truncated in the sandbox ...]\n{cut_tail}", dropped
 
 
 def _cap_content(msg_type: str, content: dict, limit: int) -> dict:  # type: ignore[type-arg]
@@ -72,16 +98,16 @@ def _cap_content(msg_type: str, content: dict, limit: int) -> dict:  # type: ign
         for mime, value in data.items():
             if isinstance(value, str):
                 value = _valid_text(value)
-                size = len(value)
-                if size > budget and mime.startswith("text/") and budget >= 64:
-                    value, cut = _cut(value, max(budget, 0))
+                size = _wire_len(value)
+                if size > budget and mime.startswith("text/") and budget >= 256:
+                    value, cut = _cut(value, budget)
                     dropped += cut
-                    size = len(value)
+                    size = _wire_len(value)
                 elif size > budget:
-                    dropped += size
+                    dropped += len(value)
                     continue
             else:
-                size = len(repr(value))
+                size = _wire_len(value)
                 if size > budget:
                     dropped += size
                     continue
@@ -96,12 +122,13 @@ def _cap_content(msg_type: str, content: dict, limit: int) -> dict:  # type: ign
         if len(lines) > 200:
             lines = [*lines[:100], f"[... {len(lines) - 200} traceback entries truncated in the sandbox ...]", *lines[-100:]]
         evalue = _cut(_valid_text(str(content.get("evalue", ""))), 4096)[0]
-        return {**content, "traceback": lines, "evalue": evalue}
+        ename = _cut(_valid_text(str(content.get("ename", ""))), 512)[0]
+        return {**content, "traceback": lines, "evalue": evalue, "ename": ename}
     return content
 
 
 def _install_output_caps() -> None:
-    limit = int(os.environ.get("EXECBOX_MAX_MESSAGE_CHARS", "0") or 0)
+    limit = int(os.environ.get("EXECBOX_MAX_MESSAGE_BYTES", "0") or 0)
     if limit <= 0:
         return
     from jupyter_client.session import Session

@@ -315,3 +315,18 @@ def test_container_is_locked_down(http: httpx.Client) -> None:
         ], ex
     finally:
         http.delete(f"/v1/sessions/{info['id']}")
+
+
+def test_a_print_of_control_characters_is_cut_in_the_sandbox_by_wire_bytes_and_still_arrives(
+    http: httpx.Client,
+) -> None:
+    """JSON escapes each control character into 6 bytes: the sandbox cuts by wire bytes, so a
+    legitimate large print fits the server's per-message cap instead of being dropped whole."""
+    info = http.post("/v1/sessions", json={"max_output_bytes": 16 * 1024 * 1024}).json()
+    try:
+        ex = run(http, info["id"], "print('\\x01' * 3_000_000)")
+        assert ex["status"] == "ok", ex["message"]
+        assert ex["truncated"] and ex["truncation"]["stdout_bytes"] > 0
+        assert ex["stdout"].startswith("\x01" * 100_000) and "truncated in the sandbox" in ex["stdout"]
+    finally:
+        http.delete(f"/v1/sessions/{info['id']}")

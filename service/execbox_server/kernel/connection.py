@@ -340,12 +340,9 @@ class _Wire(asyncio.Protocol):
 
 
 class KernelConnection:
-    """Shell, control and IOPub channels to one kernel, with typed events out.
+    """Shell, control and IOPub channels to one kernel, with typed events out."""
 
-    ``context`` is accepted for callers written for libzmq and ignored.
-    """
-
-    def __init__(self, files: ConnectionFiles, context: object = None, *, max_message_bytes: int = 0) -> None:
+    def __init__(self, files: ConnectionFiles, *, max_message_bytes: int = 0) -> None:
         self._files = files
         self._session = Session(key=files.key.encode(), signature_scheme="hmac-sha256", username="execbox")
         self._max_message_bytes = max_message_bytes if max_message_bytes > 0 else DEFAULT_MAX_MESSAGE_BYTES

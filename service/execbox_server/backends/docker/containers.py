@@ -18,12 +18,22 @@ from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker.engine import LABEL_INSTANCE, LABEL_KERNEL, LABEL_MANAGED, LABEL_ROLE
 from execbox_server.settings import Settings
 
-__all__ = ["ACTIVE_CPU_SHARES", "SANDBOX_UID", "SPARE_CPU_SHARES", "container_args"]
+__all__ = ["ACTIVE_CPU_SHARES", "SANDBOX_UID", "SPARE_CPU_SHARES", "container_args", "sandbox_message_cap"]
 
 SPARE_CPU_SHARES = 128
 ACTIVE_CPU_SHARES = 1024
 SANDBOX_UID = 90000  # the image's sandbox user; outside the uid ranges of host users
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def sandbox_message_cap(settings: Settings) -> int:
+    """What the kernel launcher cuts each outgoing message's text and data to, in wire bytes.
+
+    Half the largest output budget: one message can fill a stream's whole share of it. The
+    server refuses (and counts) anything larger, so what it buffers per kernel is bounded in
+    bytes by a few of these.
+    """
+    return max(1 << 20, settings.max_output_bytes_limit // 2)
 
 
 def container_args(
@@ -71,7 +81,7 @@ def container_args(
             # Thread pools sized to the CPU quota, not to the host's cores: threads count
             # against the pids limit and oversubscription only slows the sandbox down.
             **{var: str(max(1, math.ceil(spec.cpus))) for var in _THREAD_VARS},
-            "EXECBOX_MAX_MESSAGE_CHARS": str(s.max_output_bytes_limit),
+            "EXECBOX_MAX_MESSAGE_BYTES": str(sandbox_message_cap(s)),
         },
         "labels": {
             LABEL_MANAGED: "1",

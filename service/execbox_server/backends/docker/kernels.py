@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zmq.asyncio
-
 import docker.errors
 from execbox_server.backends.base import SandboxGone, SandboxSpec, SandboxState, SandboxStatus
 from execbox_server.backends.docker.cgroups import CgroupFiles
-from execbox_server.backends.docker.containers import ACTIVE_CPU_SHARES, SANDBOX_UID, container_args
+from execbox_server.backends.docker.containers import (
+    ACTIVE_CPU_SHARES,
+    SANDBOX_UID,
+    container_args,
+    sandbox_message_cap,
+)
 from execbox_server.backends.docker.engine import Engine
 from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStartFailed
 from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
@@ -62,14 +65,14 @@ class KernelSandboxes:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._settings = engine.settings
-        self._zmq = zmq.asyncio.Context()
         self._background: set[asyncio.Task[None]] = set()
-        # The sandbox cuts its own messages at the output limit (in characters); allow for
-        # JSON escaping and the envelope before ZMQ refuses a message outright.
-        self._max_message_bytes = 6 * self._settings.max_output_bytes_limit + 1_048_576
+        # The sandbox cuts its own messages' text and data to this many wire bytes; the
+        # envelope, metadata and a traceback fit in the margin. Larger ones are forged: the
+        # connection skips them unstored.
+        self._max_message_bytes = sandbox_message_cap(self._settings) + (1 << 20)
 
     def close(self) -> None:
-        self._zmq.destroy(linger=0)
+        """Nothing to release: connections are closed with their kernels."""
 
     async def start(self, spec: SandboxSpec) -> DockerKernel:
         """Start a sandbox and return once its kernel answers and is warm.
@@ -87,7 +90,7 @@ class KernelSandboxes:
         try:
             container = await engine.call("lifecycle", lambda: engine.docker.containers.run(**args))
             container_id = str(container.id)
-            conn = KernelConnection(files, self._zmq, max_message_bytes=self._max_message_bytes)
+            conn = KernelConnection(files, max_message_bytes=self._max_message_bytes)
             kernel = DockerKernel(
                 id=kernel_id,
                 container_id=container_id,
