@@ -54,3 +54,20 @@ async def test_error_lines_count_against_the_bound() -> None:
     for _ in range(3):
         await buf.put('{"type": "error", "error": {"name": "E", "value": "' + "v" * 300 + '"}}\n', wait=False)
     assert buf.size <= 1000 and buf.dropped == 1
+
+
+async def test_what_a_stream_holds_is_given_back_even_when_its_producer_never_started() -> None:
+    released: list[str] = []
+    started: list[bool] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(emit):  # type: ignore[no-untyped-def]
+        started.append(True)
+        return Line(text="done")
+
+    ndjson_stream(run, tasks=tasks, on_done=lambda: released.append("slot"))
+    for task in list(tasks):
+        task.cancel()  # shutdown cancels producers, possibly before their first step
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert released == ["slot"] and not started

@@ -50,4 +50,6 @@ async def execute_stream(body: OneShotRequest, services: ServicesDep, owner: Own
         ),
         on_disconnect=interrupted.set,
         tasks=services.tasks,
+        when_full="drop",
+        on_done=slot.release,
     )

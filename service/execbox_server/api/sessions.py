@@ -106,6 +106,8 @@ async def execute_stream(session_id: str, body: ExecuteRequest, services: Servic
         lambda emit: slot.hold(done_event(services.sessions.run_reserved(session, body, emit))),
         on_disconnect=on_disconnect,
         tasks=services.tasks,
+        when_full="drop",
+        on_done=slot.release,
     )
 
 

@@ -154,6 +154,7 @@ def ndjson_stream(
     on_disconnect: Callable[[], None] | None = None,
     when_full: Literal["wait", "drop"] = "wait",
     max_buffered_bytes: int = STREAM_BUFFER_BYTES,
+    on_done: Callable[[], None] | None = None,
 ) -> StreamingResponse:
     """Start ``run(emit)`` now; stream each model it emits, then the model it returns, as NDJSON.
 
@@ -164,7 +165,9 @@ def ndjson_stream(
     ``emit`` waits for a slow reader (``when_full="wait"``, fine for batches) or drops the
     event (``"drop"``, for executions, whose deadline a reader must never stretch; their
     ``done`` line carries the whole Execution anyway). Shutdown cancels ``run``; nothing
-    here waits on the reader after that.
+    here waits on the reader after that. ``on_done`` runs when the producer has ended, however
+    it ended (also when it was cancelled before it began): what the request holds is given
+    back there.
     """
     buffer = StreamBuffer(max_buffered_bytes)
 
@@ -189,6 +192,8 @@ def ndjson_stream(
     task = asyncio.get_running_loop().create_task(runner())
     tasks.add(task)  # keep a reference: the loop holds tasks weakly
     task.add_done_callback(tasks.discard)
+    if on_done is not None:
+        task.add_done_callback(lambda _: on_done())
 
     async def body() -> AsyncIterator[str]:
         try:
