@@ -7,8 +7,9 @@ from typing import Any, cast
 
 import httpx
 
-from execbox_server.api.deps import EngineProbe, Services
+from execbox_server.api.deps import Services
 from execbox_server.app import create_app
+from execbox_server.backends.probe import EngineProbe
 from execbox_server.errors import EngineUnavailable
 from execbox_server.observability import Metrics
 from execbox_server.pool import PoolStats
@@ -17,9 +18,11 @@ from execbox_server.settings import Settings
 
 
 class CountingEngine:
-    """The backend seam /readyz touches: ping, counted; it can be made to fail or to hang."""
+    """The backend seam /readyz touches: its engine check, a real EngineProbe over a ping that
+    is counted and can be made to fail or to hang."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._probe = EngineProbe(self.ping, tasks=set(), clock=clock)
         self.pings = 0
         self.down = False
         self.gate: asyncio.Event | None = None
@@ -32,6 +35,9 @@ class CountingEngine:
             await self.gate.wait()
         if self.down:
             raise EngineUnavailable("the Docker engine does not answer", retry_after=2)
+
+    async def check_engine(self) -> None:
+        await self._probe.check()
 
 
 class WarmPool:
@@ -61,13 +67,13 @@ def served(engine: CountingEngine, clock: Clock) -> httpx.AsyncClient:
         metrics=Metrics(),
         quotas=Quotas(QuotaLimits(), sessions_held=lambda owner: 0),
     )
-    services.engine_probe = EngineProbe(engine.ping, tasks=services.tasks, clock=clock)
     app.state.services = services
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
 async def test_many_probes_within_a_second_make_one_engine_call() -> None:
-    engine, clock = CountingEngine(), Clock()
+    clock = Clock()
+    engine = CountingEngine(clock)
     async with served(engine, clock) as http:
         for _ in range(50):
             r = await http.get("/readyz")
@@ -79,7 +85,8 @@ async def test_many_probes_within_a_second_make_one_engine_call() -> None:
 
 
 async def test_concurrent_probes_share_the_call_in_flight() -> None:
-    engine, clock = CountingEngine(), Clock()
+    clock = Clock()
+    engine = CountingEngine(clock)
     engine.gate = asyncio.Event()
     async with served(engine, clock) as http:
         probes = [asyncio.ensure_future(http.get("/readyz")) for _ in range(20)]
@@ -92,7 +99,8 @@ async def test_concurrent_probes_share_the_call_in_flight() -> None:
 
 
 async def test_an_engine_outage_is_cached_too_and_each_probe_says_503() -> None:
-    engine, clock = CountingEngine(), Clock()
+    clock = Clock()
+    engine = CountingEngine(clock)
     engine.down = True
     async with served(engine, clock) as http:
         for _ in range(10):

@@ -28,7 +28,7 @@ async def metrics(services: ServicesDep) -> Response:
 async def readyz(services: ServicesDep) -> Any:
     try:
         # Cached: this route is open to anyone, and one engine call per probe is a lever.
-        await services.engine_probe.check()
+        await services.backend.check_engine()
     except EngineUnavailable as exc:
         return error_response(503, exc.code, exc.message, exc.headers())
     stats = services.pool.stats()

@@ -22,11 +22,9 @@ import contextlib
 import fcntl
 import functools
 import logging
-import math
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,6 +34,7 @@ import requests.exceptions
 import docker
 import docker.errors
 from execbox_server.backends.base import SandboxGone
+from execbox_server.backends.probe import EngineProbe
 from execbox_server.errors import EngineUnavailable
 from execbox_server.settings import Settings
 
@@ -52,7 +51,6 @@ Purpose = Literal["control", "lifecycle", "exec"]
 CONTROL_TIMEOUT_S = 20.0  # inspect, kill, signal, update, remove
 LIFECYCLE_TIMEOUT_S = 90.0  # create+start of a container, listing, the client itself
 _POOL_SIZES: dict[Purpose, int] = {"control": 8, "lifecycle": 4, "exec": 4}
-ENGINE_CHECK_TTL_S = 1.0
 
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
@@ -71,8 +69,8 @@ class Engine:
             purpose: concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix=f"engine-{purpose}")
             for purpose, size in _POOL_SIZES.items()
         }
-        self._checked_at = -math.inf
-        self._error: EngineUnavailable | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probe = EngineProbe(self.ping, tasks=self._tasks)
 
     @property
     def docker(self) -> docker.DockerClient:
@@ -134,26 +132,19 @@ class Engine:
         if self._client is not None:
             self._client.close()
             self._client = None
+        for task in list(self._tasks):
+            task.cancel()
         for pool in self._pools.values():
             # Threads stuck in a hung engine call are abandoned, not waited for.
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def ping(self) -> None:
-        """Raises EngineUnavailable unless the engine answers."""
-        try:
-            await self.call("control", lambda: self.docker.ping())
-        except EngineUnavailable as exc:
-            self._error, self._checked_at = exc, time.monotonic()
-            raise
-        self._error, self._checked_at = None, time.monotonic()
+        """Raises EngineUnavailable unless the engine answers (an engine call each time)."""
+        await self.call("control", lambda: self.docker.ping())
 
     async def check(self) -> None:
-        """Raise EngineUnavailable unless the engine answered within the last second."""
-        if time.monotonic() - self._checked_at >= ENGINE_CHECK_TTL_S:
-            with contextlib.suppress(EngineUnavailable):
-                await self.ping()
-        if self._error is not None:
-            raise self._error
+        """Raises EngineUnavailable unless the engine answered; at most one ping a second."""
+        await self._probe.check()
 
     # ------------------------------------------------------------------ ownership
 
