@@ -62,8 +62,10 @@ EMPTY_DIR_SIZE = 40  # tmpfs and mqueue count 20 bytes per entry on top of this
 MAX_TB_LINES = 100
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # one record from a job; a test's actual value is judged whole
 MAX_RECORDS_BYTES = 64 * 1024 * 1024  # all records of one job; beyond it the job is stopped
-CLEAN_TIMEOUT_S = 20.0
-REPORT_TIMEOUT_S = 60.0  # a SIGKILLed job is reaped by then, or the worker is not trusted
+# Both well inside the host's margin (batch.py WORKER_MARGIN_S): a worker that cannot clean up
+# or reap in time still answers, with "retire", before the host gives up on it.
+CLEAN_TIMEOUT_S = 5.0
+REPORT_TIMEOUT_S = 5.0  # after its exit or SIGKILL a job is reaped by then, or the worker is broken
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -667,7 +669,7 @@ class _Zygote:
     def clean(self) -> bool:
         _, pidfd = self.fork(_ZYGOTE_CLEAN, [])
         os.close(pidfd)
-        status, _, _ = self.reaped(CLEAN_TIMEOUT_S + 10)
+        status, _, _ = self.reaped(CLEAN_TIMEOUT_S + 2)
         return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
