@@ -37,12 +37,14 @@ __all__ = ["BatchRunner", "ParsedResult", "parse_result"]
 
 log = logging.getLogger("execbox.batch")
 
-OnResult = Callable[[BatchResult], Awaitable[None]]
+# Called with each job's result as it completes (not the SDK's per-execution callbacks).
+OnJobResult = Callable[[BatchResult], Awaitable[None]]
 
 # Beyond a job's own timeout, the worker needs a moment to kill, sweep and answer.
 WORKER_MARGIN_S = 10.0
 RECYCLE_AFTER_JOBS = 20_000
 PIPELINE_DEPTH = 2
+PARSE_INLINE_BYTES = 256 * 1024  # larger result lines are parsed off the event loop
 
 
 class BatchRunner:
@@ -99,7 +101,7 @@ class BatchRunner:
         self,
         owner: str | None,
         jobs: Sequence[BatchJob],
-        on_result: OnResult,
+        on_result: OnJobResult,
         *,
         concurrency: int | None = None,
         first: ForkWorker | None = None,
@@ -139,7 +141,7 @@ class BatchRunner:
         self,
         owner: str | None,
         queue: asyncio.Queue[tuple[int, BatchJob]],
-        emit: OnResult,
+        emit: OnJobResult,
         worker: ForkWorker | None,
     ) -> None:
         """One worker's share of a batch: take jobs until the queue is empty.
@@ -185,7 +187,10 @@ class BatchRunner:
                     continue
                 inflight.popleft()
                 worker.jobs += 1
-                parsed = parse_result(index, job, line, limit=self._limit(job))
+                if len(line) > PARSE_INLINE_BYTES:  # a big line would hold the event loop up
+                    parsed = await asyncio.to_thread(parse_result, index, job, line, limit=self._limit(job))
+                else:
+                    parsed = parse_result(index, job, line, limit=self._limit(job))
                 await emit(parsed.result)
                 if not parsed.worker_ok:
                     # The worker could not be made clean after this job, or sent what no sound

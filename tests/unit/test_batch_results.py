@@ -201,7 +201,7 @@ class FakeWorkerBackend:
     async def start_worker(self, spec: SandboxSpec) -> ForkWorker:
         script = self.scripts.pop(0) if self.scripts else []
         ours, theirs = socket.socketpair()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=64 * 1024 * 1024)  # as docker.py
         seen: list[dict[str, Any]] = []
         self.requests.append(seen)
         self._tasks.append(asyncio.get_running_loop().create_task(self._serve(theirs, script, seen)))
@@ -242,7 +242,7 @@ class FakeWorkerBackend:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def run_batch(backend: FakeWorkerBackend, n: int) -> list[BatchResult]:
+async def run_batch(backend: FakeWorkerBackend, n: int, **job: Any) -> list[BatchResult]:
     settings = Settings(batch_workers=1, batch_min_workers=0)
     runner = BatchRunner(settings, cast(DockerBackend, backend))
     results: list[BatchResult] = []
@@ -250,7 +250,7 @@ async def run_batch(backend: FakeWorkerBackend, n: int) -> list[BatchResult]:
     async def collect(result: BatchResult) -> None:
         results.append(result)
 
-    jobs = [BatchJob(id=f"j{i}", code="print(1)") for i in range(n)]
+    jobs = [BatchJob(id=f"j{i}", code="print(1)", **job) for i in range(n)]
     try:
         await asyncio.wait_for(runner.run(None, jobs, collect), 10)
     finally:
@@ -278,3 +278,10 @@ async def test_a_worker_that_sends_garbage_is_replaced_and_the_batch_goes_on() -
     assert results[0].status is JobStatus.CRASHED and "malformed" in (results[0].message or "")
     assert [(r.id, r.status) for r in results[1:]] == [("j1", JobStatus.OK), ("j2", JobStatus.OK)]
     assert backend.started[0] in backend.destroyed
+
+
+async def test_a_big_result_line_is_parsed_and_cut_to_the_jobs_limit() -> None:
+    backend = FakeWorkerBackend([[line(ok_raw(stdout="x" * 2_000_000, value="v" * 2_000_000))]])
+    [result] = await run_batch(backend, 1, max_output_bytes=4096)
+    assert result.status is JobStatus.OK and result.truncated
+    assert content_bytes(result) <= 4096
