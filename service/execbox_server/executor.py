@@ -40,7 +40,7 @@ from execbox_server.backends.base import SandboxState, SandboxStatus, Usage
 from execbox_server.kernel import (
     ClearOutput,
     Display,
-    Error,
+    ErrorOutput,
     Idle,
     KernelConnection,
     KernelEvent,
@@ -186,7 +186,7 @@ class _Collector:
                 await self._emit(cls(text=kept))
         elif isinstance(event, Display):
             await self._display(event)
-        elif isinstance(event, Error):
+        elif isinstance(event, ErrorOutput):
             if self.rich_left <= 0:
                 # Nothing of it can be kept: counted, not streamed.
                 self.dropped_tb_lines += len(event.traceback) + 1
@@ -210,7 +210,7 @@ class _Collector:
             self.sandbox_dropped["stdout" if event.name == "stdout" else "stderr"] += len(event.text) + event.dropped
         elif isinstance(event, Display):
             self.dropped_results += 1
-        elif isinstance(event, Error):
+        elif isinstance(event, ErrorOutput):
             self.dropped_tb_lines += len(event.traceback) + 1
         elif isinstance(event, Reply):
             self.reply = event

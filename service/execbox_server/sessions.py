@@ -40,7 +40,7 @@ from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
 from execbox_server.settings import Settings
 
-__all__ = ["Session", "SessionManager"]
+__all__ = ["SessionEntry", "SessionManager"]
 
 log = logging.getLogger("execbox.sessions")
 
@@ -50,7 +50,13 @@ def _now() -> datetime:
 
 
 @dataclass(eq=False)
-class Session:
+class SessionEntry:
+    """The registry's record of one session: its kernel, limits, reservation and clocks.
+
+    Not the SDK's ``execbox.Session`` (a client handle) nor jupyter_client's ``Session`` (message
+    signing); the API returns :class:`SessionInfo` made from it.
+    """
+
     id: str
     owner: str | None
     limits: SessionLimits
@@ -101,7 +107,7 @@ class Session:
         )
 
 
-def _session_state(session: Session) -> str:
+def _session_state(session: SessionEntry) -> str:
     """What a failed request did to the session, appended to its error message."""
     if session.lost_reason is not None:
         return (
@@ -126,7 +132,7 @@ class SessionManager:
         self._pool = pool
         self._executor = executor
         self._apply_limits = apply_limits
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, SessionEntry] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -164,19 +170,19 @@ class SessionManager:
                 retry_after=5,
             )
         kernel = await self._lease(limits)
-        session = Session(id="s_" + secrets.token_hex(12), owner=owner, limits=limits, kernel=kernel)
+        session = SessionEntry(id="s_" + secrets.token_hex(12), owner=owner, limits=limits, kernel=kernel)
         self._sessions[session.id] = session
         log.info("session created id=%s kernel=%s", session.id, getattr(kernel, "id", "?"))
         return session.info(self._settings.session_ttl_s, self._settings.session_max_lifetime_s)
 
-    def get(self, owner: str | None, session_id: str) -> Session:
+    def get(self, owner: str | None, session_id: str) -> SessionEntry:
         session = self._sessions.get(session_id)
         if session is None or session.owner != owner:
             # Another key's session is indistinguishable from one that does not exist.
             raise SessionNotFound(f"no session {session_id!r}; it may have expired or been deleted")
         return session
 
-    def info(self, session: Session) -> SessionInfo:
+    def info(self, session: SessionEntry) -> SessionInfo:
         return session.info(self._settings.session_ttl_s, self._settings.session_max_lifetime_s)
 
     def list(self, owner: str | None) -> list[SessionInfo]:
@@ -196,7 +202,7 @@ class SessionManager:
 
     # ------------------------------------------------------------------ executions
 
-    def reserve(self, owner: str | None, session_id: str) -> Session:
+    def reserve(self, owner: str | None, session_id: str) -> SessionEntry:
         """Mark a session busy for one execution, synchronously.
 
         Raises:
@@ -219,7 +225,7 @@ class SessionManager:
         return await self.run_reserved(session, request, on_event)
 
     async def run_reserved(
-        self, session: Session, request: ExecuteRequest, on_event: OnEvent | None = None
+        self, session: SessionEntry, request: ExecuteRequest, on_event: OnEvent | None = None
     ) -> Execution:
         """Run code in a session reserved with :meth:`reserve`; always ends the reservation."""
         try:
@@ -401,12 +407,12 @@ class SessionManager:
             raise
         return kernel
 
-    async def _retire_kernel(self, session: Session) -> None:
+    async def _retire_kernel(self, session: SessionEntry) -> None:
         kernel, session.kernel = session.kernel, None
         if kernel is not None:
             await self._pool.release(kernel)
 
-    async def _destroy(self, session: Session) -> None:
+    async def _destroy(self, session: SessionEntry) -> None:
         session.closed = True
         # Give a running execution time to notice the interrupt and stop by itself.
         if session.busy:

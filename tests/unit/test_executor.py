@@ -13,7 +13,7 @@ from execbox._models import ExecutionStatus, StdoutEvent
 from execbox_server.backends.base import SandboxState, SandboxStatus, Usage
 from execbox_server.executor import ExecLimits, Executor
 from execbox_server.kernel.connection import _to_event
-from execbox_server.kernel.events import Display, Error, Idle, KernelEvent, Malformed, Reply, Stream, Traffic
+from execbox_server.kernel.events import Display, ErrorOutput, Idle, KernelEvent, Malformed, Reply, Stream, Traffic
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "recorded_messages.json").read_text())
 
@@ -263,8 +263,8 @@ async def test_metadata_error_names_and_values_count_against_max_output_bytes() 
     script: list[tuple[float, KernelEvent]] = [
         (0.0, Display(data={"text/plain": "r"}, metadata={"m": "x" * 100_000}, is_main=False)),
         (0.0, Display(data={"text/plain": "s"}, metadata={"deep": [[["y" * 1000] * 50]]}, is_main=False)),
-        (0.0, Error(ename="N" * 100_000, evalue="V" * 100_000, traceback=["T" * 500] * 100)),
-        (0.0, Error(ename="M" * 100_000, evalue="W" * 100_000, traceback=["U" * 500] * 100)),
+        (0.0, ErrorOutput(ename="N" * 100_000, evalue="V" * 100_000, traceback=["T" * 500] * 100)),
+        (0.0, ErrorOutput(ename="M" * 100_000, evalue="W" * 100_000, traceback=["U" * 500] * 100)),
         (0.0, Idle()),
         (0.0, Reply(status="error", execution_count=1, ename="N", evalue="V")),
     ]

@@ -12,7 +12,7 @@ from execbox._models import FileInfo
 from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.backends.base import FileRequestError, SandboxGone
 from execbox_server.errors import ServiceError
-from execbox_server.sessions import Session
+from execbox_server.sessions import SessionEntry
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"])
 
@@ -45,7 +45,7 @@ _BY_CODE: dict[str, type[ServiceError]] = {
 }
 
 
-async def _files(services: ServicesDep, session: Session, op: str, path: str, data: bytes | None = None) -> Any:
+async def _files(services: ServicesDep, session: SessionEntry, op: str, path: str, data: bytes | None = None) -> Any:
     if "\x00" in path or len(path.encode("utf-8", "surrogatepass")) > 1024:
         raise FileError("a path must be at most 1024 bytes and contain no NUL character")
     if session.kernel is None:

@@ -38,7 +38,7 @@ from jupyter_client.session import Session
 from execbox_server.kernel.events import (
     ClearOutput,
     Display,
-    Error,
+    ErrorOutput,
     Idle,
     KernelEvent,
     Malformed,
@@ -656,7 +656,7 @@ def _to_event(msg: dict[str, Any], *, from_shell: bool) -> KernelEvent | None:
             dropped=_int(content.get("execbox_dropped")),
         )
     if msg_type == "error":
-        return Error(
+        return ErrorOutput(
             ename=_str(content, "ename", ""),
             evalue=_str(content, "evalue", ""),
             traceback=_strings(content.get("traceback")),

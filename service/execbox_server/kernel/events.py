@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClearOutput", "Display", "Error", "Idle", "KernelEvent", "Malformed", "Reply", "Stream", "Traffic"]
+__all__ = ["ClearOutput", "Display", "ErrorOutput", "Idle", "KernelEvent", "Malformed", "Reply", "Stream", "Traffic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,13 @@ class Display:
 
 
 @dataclass(frozen=True, slots=True)
-class Error:
+class ErrorOutput:
+    """An ``error`` message on iopub: the traceback the kernel published for the user's code.
+
+    Named for what it is, output about a Python error, so it is never mistaken for a failure
+    of the kernel or the service.
+    """
+
     ename: str
     evalue: str
     traceback: list[str] = field(default_factory=list)
@@ -76,4 +82,4 @@ class Traffic:
     oversized: int = 0  # dropped unread: larger than the per-message cap
 
 
-KernelEvent = Stream | Display | Error | ClearOutput | Idle | Reply | Malformed
+KernelEvent = Stream | Display | ErrorOutput | ClearOutput | Idle | Reply | Malformed
