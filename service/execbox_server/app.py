@@ -19,7 +19,7 @@ from execbox_server.api.deps import Services, authenticate
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
-from execbox_server.errors import Unauthorized, error_response, install_error_handlers
+from execbox_server.errors import RequestTooLarge, Unauthorized, install_error_handlers
 from execbox_server.executor import Executor
 from execbox_server.observability import Metrics, RequestLog, gauge
 from execbox_server.pool import KernelPool
@@ -160,7 +160,7 @@ class KeyCheck:
             try:
                 authenticate(self.keys, authorization.decode("latin-1"))
             except Unauthorized as exc:
-                await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
+                await exc.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -199,7 +199,7 @@ class BodySizeLimit:
         message = f"request body is larger than {limit} bytes; send less ({setting})"
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await error_response(413, "request_too_large", message)(scope, receive, send)
+                await RequestTooLarge(message).response()(scope, receive, send)
                 return
         received = 0
 
@@ -215,7 +215,7 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await error_response(413, "request_too_large", message)(scope, receive, send)
+            await RequestTooLarge(message).response()(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):

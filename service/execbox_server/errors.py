@@ -8,12 +8,19 @@
     ├── InvalidLimits                 422 invalid_limits
     ├── RequestTooLarge               413 request_too_large
     ├── Unauthorized                  401 unauthorized
+    ├── InvalidPath                   422 invalid_path: a file path the sandbox refuses
+    ├── FileNotFound                  404 file_not_found
+    ├── FileTooLarge                  413 file_too_large
+    ├── SandboxUnavailable            409 sandbox_unavailable: the session's sandbox is being replaced
     ├── PoolExhausted                 503 pool_exhausted (Retry-After)
+    ├── PoolWarming                   503 pool_warming: /readyz before the pool is warm
     ├── PoolClosed                    503 shutting_down
     ├── EngineUnavailable             503 engine_unavailable (Retry-After)
     └── SandboxStartFailed            503 sandbox_start_failed
 
-Raised anywhere below the API layer; one exception handler turns each into its response.
+Every code is an :class:`~execbox._codes.ErrorCode`, the enum the SDK maps to its exceptions,
+so a code cannot exist on one side only. Raised anywhere below the API layer; one exception
+handler turns each into its response.
 """
 
 from __future__ import annotations
@@ -25,29 +32,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from execbox._codes import ErrorCode
 from execbox._models import ErrorBody, ErrorEnvelope
 
 __all__ = [
     "EngineUnavailable",
+    "FileNotFound",
+    "FileTooLarge",
     "InvalidLimits",
+    "InvalidPath",
     "PoolClosed",
     "PoolExhausted",
+    "PoolWarming",
     "QuotaExceeded",
     "RequestTooLarge",
     "SandboxStartFailed",
+    "SandboxUnavailable",
     "ServiceError",
     "SessionBusy",
     "SessionLimitReached",
     "SessionNotFound",
     "Unauthorized",
     "error_response",
+    "file_error",
     "install_error_handlers",
 ]
 
 
 class ServiceError(Exception):
     status_code: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -59,77 +73,126 @@ class ServiceError(Exception):
             return {}
         return {"Retry-After": str(max(1, round(self.retry_after)))}
 
+    def response(self) -> JSONResponse:
+        """This error as the service answers it: its status, the envelope, Retry-After if any."""
+        return error_response(self.status_code, self.code, self.message, self.headers())
+
 
 class SessionNotFound(ServiceError):
     status_code = 404
-    code = "session_not_found"
+    code = ErrorCode.SESSION_NOT_FOUND
 
 
 class SessionBusy(ServiceError):
     status_code = 409
-    code = "session_busy"
+    code = ErrorCode.SESSION_BUSY
 
 
 class SessionLimitReached(ServiceError):
     status_code = 429
-    code = "too_many_sessions"
+    code = ErrorCode.TOO_MANY_SESSIONS
 
 
 class QuotaExceeded(ServiceError):
     """One API key holds its share of a resource; other keys are still served."""
 
     status_code = 429
-    code = "quota_exceeded"
+    code = ErrorCode.QUOTA_EXCEEDED
 
 
 class InvalidLimits(ServiceError):
     status_code = 422
-    code = "invalid_limits"
+    code = ErrorCode.INVALID_LIMITS
 
 
 class RequestTooLarge(ServiceError):
     status_code = 413
-    code = "request_too_large"
+    code = ErrorCode.REQUEST_TOO_LARGE
 
 
 class Unauthorized(ServiceError):
     status_code = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
+
+
+class InvalidPath(ServiceError):
+    status_code = 422
+    code = ErrorCode.INVALID_PATH
+
+
+class FileNotFound(ServiceError):
+    status_code = 404
+    code = ErrorCode.FILE_NOT_FOUND
+
+
+class FileTooLarge(ServiceError):
+    status_code = 413
+    code = ErrorCode.FILE_TOO_LARGE
+
+
+class SandboxUnavailable(ServiceError):
+    status_code = 409
+    code = ErrorCode.SANDBOX_UNAVAILABLE
 
 
 class PoolExhausted(ServiceError):
     status_code = 503
-    code = "pool_exhausted"
+    code = ErrorCode.POOL_EXHAUSTED
+
+
+class PoolWarming(ServiceError):
+    """Not ready yet: fewer warm kernels than ``min_ready`` (only /readyz says this)."""
+
+    status_code = 503
+    code = ErrorCode.POOL_WARMING
 
 
 class PoolClosed(ServiceError):
     status_code = 503
-    code = "shutting_down"
+    code = ErrorCode.SHUTTING_DOWN
 
 
 class EngineUnavailable(ServiceError):
     status_code = 503
-    code = "engine_unavailable"
+    code = ErrorCode.ENGINE_UNAVAILABLE
 
 
 class SandboxStartFailed(ServiceError):
     status_code = 503
-    code = "sandbox_start_failed"
+    code = ErrorCode.SANDBOX_START_FAILED
 
 
-def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+# The errors a sandbox's file helper may answer with; any other code it sends is read as a
+# refused path (the helper runs inside the sandbox, so its answer is not trusted to be ours).
+_FILE_ERRORS: dict[str, type[ServiceError]] = {
+    ErrorCode.INVALID_PATH: InvalidPath,
+    ErrorCode.FILE_NOT_FOUND: FileNotFound,
+    ErrorCode.FILE_TOO_LARGE: FileTooLarge,
+    ErrorCode.SANDBOX_UNAVAILABLE: SandboxUnavailable,
+}
+
+
+def file_error(code: str, message: str) -> ServiceError:
+    """The service error for a file request the sandbox refused with ``code``."""
+    return _FILE_ERRORS.get(code, InvalidPath)(message)
+
+
+def error_response(
+    status_code: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
+# Errors raised by the framework itself (no route, wrong method, unreadable body).
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -144,15 +207,15 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers())
+        return exc.response()
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "invalid_request", _describe_validation(exc))
+        return error_response(422, ErrorCode.INVALID_REQUEST, _describe_validation(exc))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     app.add_exception_handler(ServiceError, on_service_error)

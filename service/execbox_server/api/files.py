@@ -11,50 +11,22 @@ from fastapi import APIRouter, Request, Response, status
 from execbox._models import FileInfo
 from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.backends.base import FileRequestError, SandboxGone
-from execbox_server.errors import ServiceError
+from execbox_server.errors import FileTooLarge, InvalidPath, SandboxUnavailable, file_error
 from execbox_server.sessions import SessionEntry
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"])
 
 
-class FileError(ServiceError):
-    status_code = 422
-    code = "invalid_path"
-
-
-class FileNotFound(ServiceError):
-    status_code = 404
-    code = "file_not_found"
-
-
-class FileTooLarge(ServiceError):
-    status_code = 413
-    code = "file_too_large"
-
-
-class SandboxUnavailable(ServiceError):
-    status_code = 409
-    code = "sandbox_unavailable"
-
-
-_BY_CODE: dict[str, type[ServiceError]] = {
-    "sandbox_unavailable": SandboxUnavailable,
-    "invalid_path": FileError,
-    "file_not_found": FileNotFound,
-    "file_too_large": FileTooLarge,
-}
-
-
 async def _files(services: ServicesDep, session: SessionEntry, op: str, path: str, data: bytes | None = None) -> Any:
     if "\x00" in path or len(path.encode("utf-8", "surrogatepass")) > 1024:
-        raise FileError("a path must be at most 1024 bytes and contain no NUL character")
+        raise InvalidPath("a path must be at most 1024 bytes and contain no NUL character")
     if session.kernel is None:
         raise SandboxUnavailable("the session's sandbox is being replaced; retry in a moment", retry_after=1)
     session.touch()
     try:
         return await services.backend.files(session.kernel, op, path, data)
     except FileRequestError as exc:
-        raise _BY_CODE.get(exc.code, FileError)(exc.message) from exc
+        raise file_error(exc.code, exc.message) from exc
     except SandboxGone as exc:
         raise SandboxUnavailable("the session's sandbox is gone; run code to get a fresh one") from exc
 

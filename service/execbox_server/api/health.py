@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from execbox_server.api.deps import ServicesDep
-from execbox_server.errors import EngineUnavailable, error_response
+from execbox_server.errors import EngineUnavailable, PoolWarming
 
 router = APIRouter(tags=["health"])
 
@@ -30,12 +30,10 @@ async def readyz(services: ServicesDep) -> Any:
         # Cached: this route is open to anyone, and one engine call per probe is a lever.
         await services.backend.check_engine()
     except EngineUnavailable as exc:
-        return error_response(503, exc.code, exc.message, exc.headers())
+        return exc.response()
     stats = services.pool.stats()
     if not services.pool.warm:
-        return error_response(
-            503, "pool_warming", f"the pool has {stats.ready} of {stats.min_ready} warm kernels ready"
-        )
+        return PoolWarming(f"the pool has {stats.ready} of {stats.min_ready} warm kernels ready").response()
     return JSONResponse(
         {
             "status": "ready",

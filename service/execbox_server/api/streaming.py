@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
+from execbox._codes import ErrorCode
 from execbox._models import DoneEvent, ErrorBody, ErrorEnvelope, Execution
 from execbox_server.errors import ServiceError
 
@@ -183,7 +184,7 @@ def ndjson_stream(
             last = ErrorEnvelope(error=ErrorBody(code=exc.code, message=exc.message)).model_dump_json() + "\n"
         except Exception:
             log.exception("stream failed")
-            body = ErrorBody(code="internal_error", message="the request failed inside the service")
+            body = ErrorBody(code=ErrorCode.INTERNAL_ERROR, message="the request failed inside the service")
             last = ErrorEnvelope(error=body).model_dump_json() + "\n"
         finally:
             # Never waits: a cancelled runner (shutdown, a vanished reader) must end at once.
