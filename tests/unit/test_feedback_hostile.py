@@ -23,17 +23,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from execbox import Client
-from execbox._base import ClientConfig, LineSplitter
 from execbox._models import (
-    BatchResult,
     DoneEvent,
     Execution,
+    JobResult,
     Result,
     ResultEvent,
     StderrEvent,
     StdoutEvent,
     parse_event,
 )
+from execbox._streams import LineSplitter
 from execbox._text import scrub_surrogates
 from execbox.agent import AgentConfig, run_agent
 from execbox.evals import evaluate
@@ -181,7 +181,7 @@ def fake_server(
     executions: Callable[[], Execution],
     *,
     encode: Callable[[Any], str] = server_json,
-    batch: Sequence[BatchResult] = (),
+    batch: Sequence[JobResult] = (),
 ) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -316,7 +316,7 @@ def test_deeply_nested_results_the_server_can_send_are_read(depth: int) -> None:
 
 @pytest.mark.parametrize("character", ["\u2028", "\u2029", "\x85"])
 def test_unicode_line_separators_do_not_break_the_batch_stream(character: str) -> None:
-    result = BatchResult.model_validate({"index": 0, "status": "error", "stdout": character, "value": character})
+    result = JobResult.model_validate({"index": 0, "status": "error", "stdout": character, "value": character})
     report = evaluate_with([result])
     assert report["samples"][0]["status"] == "error"
     with client_for(fake_server(lambda: Execution(status="ok"), batch=[result])) as client:
@@ -363,7 +363,7 @@ def test_agent_with_a_simulated_user_sends_the_model_valid_utf8() -> None:
 
 
 def test_evaluation_report_survives_hostile_batch_results() -> None:
-    hostile = BatchResult.model_validate(
+    hostile = JobResult.model_validate(
         {
             "index": 0,
             "status": "error",
@@ -400,7 +400,7 @@ def synthesize_with(execution: Execution, *, user: bool, encode: Callable[[Any],
             return [json.loads(line) for line in fh]
 
 
-def evaluate_with(results: list[BatchResult], encode: Callable[[Any], str] = server_json) -> dict[str, Any]:
+def evaluate_with(results: list[JobResult], encode: Callable[[Any], str] = server_json) -> dict[str, Any]:
     problems = {"t": Problem(task_id="t", prompt="", entry_point="f", test_program="check(f)")}
     samples = [{"task_id": "t", "completion": "pass"} for _ in results]
     with client_for(fake_server(lambda: Execution(status="ok"), encode=encode, batch=results)) as client:
@@ -439,8 +439,8 @@ def test_render_feedback_never_raises(execution: Execution, limit: int, keep: in
 @given(st.lists(batch_json, min_size=1, max_size=3))
 def test_batch_results_render_and_describe_without_raising(raw: list[dict[str, Any]]) -> None:
     for item in raw:
-        result = BatchResult.model_validate({"index": 0, **item})
-        execution = ClientConfig.execution_from_batch(result)
+        result = JobResult.model_validate({"index": 0, **item})
+        execution = result.to_execution()
         for style in STYLES:
             assert_model_text(render_feedback(execution, style=style))
 
@@ -487,6 +487,6 @@ def test_synthesizer_records_every_dialogue(execution: Execution, encode: Callab
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(batch_json, min_size=1, max_size=3), ENCODINGS)
 def test_evaluator_reports_every_sample(raw: list[dict[str, Any]], encode: Callable[[Any], str]) -> None:
-    results = [BatchResult.model_validate({"index": 0, **item}) for item in raw]
+    results = [JobResult.model_validate({"index": 0, **item}) for item in raw]
     assume(all(serializable_by_server(r, encode) for r in results))
     evaluate_with(results, encode)

@@ -7,7 +7,11 @@ with Client() as client, client.session() as s:
     print(s.run("x * 2").text)   # '42'
 """
 
-from execbox._client import AsyncClient, AsyncSession, AsyncSessions, Client, Session, Sessions
+import typing
+
+from execbox._async_client import AsyncClient, AsyncSession, AsyncSessions
+from execbox._client import Client, Session, Sessions
+from execbox._codes import ErrorCode
 from execbox._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -31,7 +35,6 @@ from execbox._exceptions import (
 )
 from execbox._models import (
     BatchJob,
-    BatchResult,
     BatchSummary,
     DoneEvent,
     ErrorEvent,
@@ -40,6 +43,7 @@ from execbox._models import (
     ExecutionEvent,
     ExecutionStatus,
     FileInfo,
+    JobResult,
     JobStatus,
     Resources,
     Result,
@@ -53,9 +57,11 @@ from execbox._models import (
     TestSpec,
     Truncation,
 )
+from execbox._version import __version__
 from execbox.feedback import render_feedback
 
-__version__ = "0.1.0"
+if typing.TYPE_CHECKING:
+    from execbox._models import JobResult as BatchResult  # noqa: F401  (deprecated; see __getattr__)
 
 __all__ = [
     "APIConnectionError",
@@ -67,12 +73,12 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchJob",
-    "BatchResult",
     "BatchSummary",
     "Client",
     "ConflictError",
     "DoneEvent",
     "EngineUnavailableError",
+    "ErrorCode",
     "ErrorEvent",
     "ExecboxError",
     "Execution",
@@ -83,6 +89,7 @@ __all__ = [
     "FileInfo",
     "InternalServerError",
     "InvalidRequestError",
+    "JobResult",
     "JobStatus",
     "NotFoundError",
     "PoolExhaustedError",
@@ -108,3 +115,16 @@ __all__ = [
     "__version__",
     "render_feedback",
 ]
+
+# Old names that still work, with a DeprecationWarning; not in __all__.
+_DEPRECATED = {"BatchResult": ("JobResult", JobResult)}
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name in _DEPRECATED:
+        import warnings
+
+        new, value = _DEPRECATED[name]
+        warnings.warn(f"execbox.{name} is deprecated; use execbox.{new}", DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module 'execbox' has no attribute {name!r}")

@@ -7,7 +7,7 @@ exist on one side only. Codes are part of the wire contract: add, never rename.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from execbox._compat import StrEnum
 
 __all__ = ["ErrorCode"]
 

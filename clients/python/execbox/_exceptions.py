@@ -6,26 +6,31 @@
     ├── StreamError                   an execution stream ended without its `done` event
     ├── ExecutionFailedError          raised by Execution.raise_for_error(); carries the Execution
     └── APIStatusError                the server answered with an error envelope
-        ├── BadRequestError           400
-        ├── AuthenticationError       401
-        ├── NotFoundError             404
+        ├── BadRequestError           bad_request, method_not_allowed, unsupported_media_type
+        ├── AuthenticationError       unauthorized, forbidden
+        ├── NotFoundError             not_found, file_not_found
         │   └── SessionNotFoundError      session_not_found
-        ├── ConflictError             409
+        ├── ConflictError             sandbox_unavailable
         │   └── SessionBusyError          session_busy
-        ├── RequestTooLargeError      413
-        ├── InvalidRequestError       422 (invalid_request, invalid_limits)
-        ├── RateLimitError            429 (too_many_sessions)
-        ├── InternalServerError       500 and other 5xx
-        └── ServiceUnavailableError   503
+        ├── RequestTooLargeError      request_too_large, file_too_large
+        ├── InvalidRequestError       invalid_request, invalid_limits, invalid_path
+        ├── RateLimitError            too_many_sessions, quota_exceeded (retry_after)
+        ├── InternalServerError       internal_error, and any other 5xx
+        └── ServiceUnavailableError   pool_warming, sandbox_start_failed, shutting_down
             ├── PoolExhaustedError        pool_exhausted (retry_after)
             └── EngineUnavailableError    engine_unavailable
 
-Error codes map to classes first, HTTP status second, through the two tables below.
+One table, keyed by :class:`~execbox.ErrorCode`, gives every code its class and the HTTP
+status it is sent with. A failure therefore raises the same class whether it came as an
+error response or as the error line that ends a stream (whose HTTP status was already 200).
+Only ``http_error`` and codes this SDK does not know fall back to the HTTP status.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from execbox._codes import ErrorCode
 
 if TYPE_CHECKING:
     from execbox._models import Execution
@@ -51,6 +56,7 @@ __all__ = [
     "SessionNotFoundError",
     "StreamError",
     "make_status_error",
+    "status_error_for",
 ]
 
 
@@ -82,7 +88,12 @@ class ExecutionFailedError(ExecboxError):
 
 
 class APIStatusError(ExecboxError):
-    """The server answered with an error status; ``code`` is its machine-readable reason."""
+    """The server answered with an error; ``code`` is its machine-readable reason.
+
+    ``code`` is an :class:`~execbox.ErrorCode` member (a ``str``) when this SDK knows it, the
+    plain string otherwise. ``status_code`` is the HTTP status, or for an error that ended a
+    stream, the status its code is sent with.
+    """
 
     def __init__(self, message: str, *, status_code: int, code: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status_code} {code}: {message}")
@@ -144,16 +155,43 @@ class EngineUnavailableError(ServiceUnavailableError):
     pass
 
 
-_BY_CODE: dict[str, type[APIStatusError]] = {
-    "session_not_found": SessionNotFoundError,
-    "session_busy": SessionBusyError,
-    "pool_exhausted": PoolExhaustedError,
-    "engine_unavailable": EngineUnavailableError,
+class _Mapping(NamedTuple):
+    status: int
+    cls: type[APIStatusError] | None  # None: chosen by the HTTP status
+
+
+_BY_CODE: dict[ErrorCode, _Mapping] = {
+    ErrorCode.BAD_REQUEST: _Mapping(400, BadRequestError),
+    ErrorCode.INVALID_REQUEST: _Mapping(422, InvalidRequestError),
+    ErrorCode.INVALID_LIMITS: _Mapping(422, InvalidRequestError),
+    ErrorCode.INVALID_PATH: _Mapping(422, InvalidRequestError),
+    ErrorCode.REQUEST_TOO_LARGE: _Mapping(413, RequestTooLargeError),
+    ErrorCode.FILE_TOO_LARGE: _Mapping(413, RequestTooLargeError),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: _Mapping(415, BadRequestError),
+    ErrorCode.METHOD_NOT_ALLOWED: _Mapping(405, BadRequestError),
+    ErrorCode.UNAUTHORIZED: _Mapping(401, AuthenticationError),
+    ErrorCode.FORBIDDEN: _Mapping(403, AuthenticationError),
+    ErrorCode.NOT_FOUND: _Mapping(404, NotFoundError),
+    ErrorCode.SESSION_NOT_FOUND: _Mapping(404, SessionNotFoundError),
+    ErrorCode.FILE_NOT_FOUND: _Mapping(404, NotFoundError),
+    ErrorCode.SESSION_BUSY: _Mapping(409, SessionBusyError),
+    ErrorCode.SANDBOX_UNAVAILABLE: _Mapping(409, ConflictError),
+    ErrorCode.TOO_MANY_SESSIONS: _Mapping(429, RateLimitError),
+    ErrorCode.QUOTA_EXCEEDED: _Mapping(429, RateLimitError),
+    ErrorCode.POOL_EXHAUSTED: _Mapping(503, PoolExhaustedError),
+    ErrorCode.POOL_WARMING: _Mapping(503, ServiceUnavailableError),
+    ErrorCode.ENGINE_UNAVAILABLE: _Mapping(503, EngineUnavailableError),
+    ErrorCode.SANDBOX_START_FAILED: _Mapping(503, ServiceUnavailableError),
+    ErrorCode.SHUTTING_DOWN: _Mapping(503, ServiceUnavailableError),
+    ErrorCode.INTERNAL_ERROR: _Mapping(500, InternalServerError),
+    ErrorCode.HTTP_ERROR: _Mapping(500, None),
 }
 
+# For http_error and codes newer than this SDK.
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: AuthenticationError,
     404: NotFoundError,
     409: ConflictError,
     413: RequestTooLargeError,
@@ -162,9 +200,26 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     503: ServiceUnavailableError,
 }
 
+_KNOWN = {code.value: code for code in ErrorCode}
+
+
+def status_error_for(
+    code: str, message: str, *, status_code: int | None = None, retry_after: float | None = None
+) -> APIStatusError:
+    """The exception for an error envelope ``{"code", "message"}``.
+
+    ``status_code`` is the HTTP status of an error response; None for the error line that
+    ends a stream, which takes the status its code is sent with (500 for an unknown code).
+    """
+    known = _KNOWN.get(code)
+    mapping = _BY_CODE.get(known) if known is not None else None
+    status = status_code if status_code is not None else mapping.status if mapping is not None else 500
+    cls = mapping.cls if mapping is not None else None
+    if cls is None:
+        cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    return cls(message, status_code=status, code=known or code, retry_after=retry_after)
+
 
 def make_status_error(status_code: int, code: str, message: str, *, retry_after: float | None = None) -> APIStatusError:
-    cls = _BY_CODE.get(code) or _BY_STATUS.get(status_code)
-    if cls is None:
-        cls = InternalServerError if status_code >= 500 else APIStatusError
-    return cls(message, status_code=status_code, code=code, retry_after=retry_after)
+    """The exception for an HTTP error response (see :func:`status_error_for`)."""
+    return status_error_for(code, message, status_code=status_code, retry_after=retry_after)

@@ -13,10 +13,11 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from execbox._compat import StrEnum
 
 __all__ = [
     "BatchJob",
@@ -34,6 +35,7 @@ __all__ = [
     "ExecutionEvent",
     "ExecutionStatus",
     "FileInfo",
+    "JobResult",
     "JobStatus",
     "OneShotRequest",
     "Resources",
@@ -359,8 +361,11 @@ class BatchRequest(_Request):
     )
 
 
-class BatchResult(_Model):
-    """The outcome of one program of a batch: an Execution-like record."""
+class JobResult(_Model):
+    """The outcome of one job of a batch (formerly ``BatchResult``): an Execution-like record.
+
+    Not to be confused with :class:`Result`, a rich result (MIME bundle) of an execution.
+    """
 
     type: Literal["result"] = "result"
     index: int = Field(description="Position of the job in the request.")
@@ -388,6 +393,34 @@ class BatchResult(_Model):
         """Test-case mode: every test passed (and the program itself ran)."""
         return self.ok and (self.tests is None or all(t.passed for t in self.tests))
 
+    def to_execution(self) -> Execution:
+        """This job's outcome as an :class:`Execution` (what ``Client.map`` returns)."""
+        results = [Result(data={"text/plain": self.value}, is_main_result=True)] if self.value is not None else []
+        return Execution(
+            status=_JOB_TO_EXECUTION[self.status],
+            stdout=self.stdout,
+            stderr=self.stderr,
+            error=self.error,
+            results=results,
+            duration_ms=self.wall_ms,
+            truncated=self.truncated,
+            resources=Resources(wall_ms=self.wall_ms, cpu_ms=self.cpu_ms, peak_memory_bytes=self.peak_memory_bytes),
+            message=self.message,
+        )
+
+
+# A deprecated name, kept for code written against execbox 0.1 (the service imports it too).
+BatchResult = JobResult
+
+_JOB_TO_EXECUTION = {
+    JobStatus.OK: ExecutionStatus.OK,
+    JobStatus.ERROR: ExecutionStatus.ERROR,
+    JobStatus.TIMEOUT: ExecutionStatus.TIMEOUT,
+    JobStatus.OUT_OF_MEMORY: ExecutionStatus.OUT_OF_MEMORY,
+    JobStatus.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
+    JobStatus.CRASHED: ExecutionStatus.KERNEL_DIED,
+}
+
 
 class BatchSummary(_Model):
     type: Literal["summary"] = "summary"
@@ -397,7 +430,7 @@ class BatchSummary(_Model):
 
 
 class BatchResponse(_Model):
-    results: list[BatchResult]
+    results: list[JobResult]
     summary: BatchSummary
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from execbox._client import Client
+from execbox._progress import progress_bar
 from execbox._text import utf8_bytes
 from execbox.agent import AgentConfig, Transcript, run_agent
 from execbox.llm import ChatClient, LLMError
@@ -128,11 +129,7 @@ def synthesize(
     stats = SynthStats(skipped=len(done))
     lock = threading.Lock()
     fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="dialogue")
+    bar = progress_bar(len(todo), unit="dialogue", enabled=progress)
 
     def one(query: dict[str, Any]) -> None:
         try:
@@ -155,14 +152,12 @@ def synthesize(
             if record["final_status"] in ("llm_error", "sandbox_error"):
                 stats.failed += 1
             stats.written += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="execbox-synth") as pool:
             list(pool.map(one, todo))
     finally:
         os.close(fd)
-        if bar is not None:
-            bar.close()
+        bar.close()
     return stats

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from execbox._client import Client
-from execbox._models import BatchResult, JobStatus
+from execbox._models import JobResult, JobStatus
+from execbox._progress import progress_bar
 from execbox.evals.datasets import Problem
 from execbox.feedback import FeedbackStyle, render_feedback
 
@@ -55,7 +56,7 @@ class EvalReport:
         }
 
 
-def _describe(result: BatchResult) -> tuple[bool, str, str | None]:
+def _describe(result: JobResult) -> tuple[bool, str, str | None]:
     if result.status is JobStatus.OK:
         return True, "passed", None
     if result.status is JobStatus.TIMEOUT:
@@ -91,17 +92,13 @@ def evaluate(
         problem = problems[sample["task_id"]]
         jobs.append({"id": str(i), "code": problem.program(sample), "timeout_s": timeout_s, "memory_mb": memory_mb})
     results: list[SampleResult | None] = [None] * len(samples)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="sample")
+    bar = progress_bar(len(jobs), unit="sample", enabled=progress)
     for batch_result in client.batch_stream(jobs):
         i = batch_result.index
         passed, text, error = _describe(batch_result)
         fb = None
         if feedback is not None and not passed:
-            fb = render_feedback(client._cfg.execution_from_batch(batch_result), style=feedback)
+            fb = render_feedback(batch_result.to_execution(), style=feedback)
         results[i] = SampleResult(
             task_id=samples[i]["task_id"],
             index=i,
@@ -111,10 +108,8 @@ def evaluate(
             error=error,
             feedback=fb,
         )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     done = [r for r in results if r is not None]
     per_task: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "c": 0})
     for r in done:
