@@ -30,6 +30,7 @@ from execbox._models import BatchJob, BatchResult, BatchSummary, ExecutionError,
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend, ForkWorker
 from execbox_server.errors import PoolClosed, PoolExhausted
+from execbox_server.limits import ResolvedJob
 from execbox_server.observability import Metrics
 from execbox_server.settings import Settings
 
@@ -100,7 +101,7 @@ class BatchRunner:
     async def run(
         self,
         owner: str | None,
-        jobs: Sequence[BatchJob],
+        jobs: Sequence[ResolvedJob],
         on_result: OnJobResult,
         *,
         concurrency: int | None = None,
@@ -108,13 +109,14 @@ class BatchRunner:
     ) -> BatchSummary:
         """Run every job; ``on_result`` gets each result as it completes (completion order).
 
+        ``jobs`` come with their limits resolved (:func:`execbox_server.limits.batch_jobs`).
         ``first`` is a worker from :meth:`reserve`; without it one is acquired here.
 
         Raises:
             PoolExhausted, PoolClosed (see :meth:`reserve`).
         """
         started = time.monotonic()
-        queue: asyncio.Queue[tuple[int, BatchJob]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, ResolvedJob]] = asyncio.Queue()
         for item in enumerate(jobs):
             queue.put_nowait(item)
         counts: dict[str, int] = {}
@@ -134,13 +136,13 @@ class BatchRunner:
         # is reported, not dropped.
         while not queue.empty():
             index, job = queue.get_nowait()
-            await emit(_failed(index, job, "no batch worker could be had to run this job"))
+            await emit(_failed(index, job.job, "no batch worker could be had to run this job"))
         return BatchSummary(total=len(jobs), by_status=counts, wall_ms=round((time.monotonic() - started) * 1000, 3))
 
     async def _lane(
         self,
         owner: str | None,
-        queue: asyncio.Queue[tuple[int, BatchJob]],
+        queue: asyncio.Queue[tuple[int, ResolvedJob]],
         emit: OnJobResult,
         worker: ForkWorker | None,
     ) -> None:
@@ -149,7 +151,7 @@ class BatchRunner:
         Two jobs are in flight per worker: the next one is already in the worker's socket
         while the current one runs, so the host's round trip costs the worker no idle time.
         """
-        inflight: deque[tuple[int, BatchJob, float]] = deque()
+        inflight: deque[tuple[int, ResolvedJob, float]] = deque()
         try:
             while True:
                 if worker is None:
@@ -172,14 +174,14 @@ class BatchRunner:
                 index, job, _sent = inflight[0]
                 try:
                     await worker.writer.drain()
-                    line = await asyncio.wait_for(worker.reader.readline(), self._timeout(job) + WORKER_MARGIN_S)
+                    line = await asyncio.wait_for(worker.reader.readline(), job.limits.timeout_s + WORKER_MARGIN_S)
                     if not line:
                         raise ConnectionError("the worker closed its connection")
                 except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
                     log.warning("batch worker %s lost during job %d: %r", worker.short_id, index, exc)
                     while inflight:
                         i, j, t = inflight.popleft()
-                        lost = _failed(i, j, f"the worker running this job was lost ({exc!r}) and replaced")
+                        lost = _failed(i, j.job, f"the worker running this job was lost ({exc!r}) and replaced")
                         lost.wall_ms = round((time.monotonic() - t) * 1000, 3)
                         await emit(lost)
                     await self._discard(worker)
@@ -188,9 +190,10 @@ class BatchRunner:
                 inflight.popleft()
                 worker.jobs += 1
                 if len(line) > PARSE_INLINE_BYTES:  # a big line would hold the event loop up
-                    parsed = await asyncio.to_thread(parse_result, index, job, line, limit=self._limit(job))
+                    limit = job.limits.max_output_bytes
+                    parsed = await asyncio.to_thread(parse_result, index, job.job, line, limit=limit)
                 else:
-                    parsed = parse_result(index, job, line, limit=self._limit(job))
+                    parsed = parse_result(index, job.job, line, limit=job.limits.max_output_bytes)
                 await emit(parsed.result)
                 if not parsed.worker_ok:
                     # The worker could not be made clean after this job, or sent what no sound
@@ -213,22 +216,15 @@ class BatchRunner:
                 else:
                     await asyncio.shield(self._release(worker))
 
-    def _timeout(self, job: BatchJob) -> float:
-        return min(job.timeout_s or self._settings.batch_default_timeout_s, self._settings.max_timeout_s)
-
-    def _limit(self, job: BatchJob) -> int:
-        s = self._settings
-        return min(job.max_output_bytes or s.max_output_bytes, s.max_output_bytes_limit)
-
-    def _send(self, worker: ForkWorker, index: int, job: BatchJob) -> None:
-        s = self._settings
+    def _send(self, worker: ForkWorker, index: int, resolved: ResolvedJob) -> None:
+        job, limits = resolved.job, resolved.limits
         payload = {
             "id": job.id,
             "code": job.code,
             "stdin": job.stdin,
-            "timeout_s": self._timeout(job),
-            "memory_mb": min(job.memory_mb or s.batch_memory_mb, s.batch_memory_mb),
-            "max_output_bytes": self._limit(job),
+            "timeout_s": limits.timeout_s,
+            "memory_mb": limits.memory_mb,
+            "max_output_bytes": limits.max_output_bytes,
             # The worker keeps the expected values to itself: the job's process never gets them.
             "tests": job.tests.model_dump() if job.tests is not None else None,
         }

@@ -28,7 +28,6 @@ from execbox._models import (
 )
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.errors import (
-    InvalidLimits,
     PoolClosed,
     ServiceError,
     SessionBusy,
@@ -36,6 +35,7 @@ from execbox_server.errors import (
     SessionNotFound,
 )
 from execbox_server.executor import ExecLimits, ExecOutcome, Executor, OnEvent
+from execbox_server.limits import execution_timeout, one_shot_limits, session_limits
 from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
 from execbox_server.settings import Settings
@@ -163,7 +163,13 @@ class SessionManager:
         """
         if self._closed:
             raise PoolClosed("the service is shutting down")
-        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s, request.max_output_bytes)
+        limits = session_limits(
+            self._settings,
+            memory_mb=request.memory_mb,
+            cpus=request.cpus,
+            timeout_s=request.timeout_s,
+            max_output_bytes=request.max_output_bytes,
+        )
         if len(self._sessions) >= self._settings.max_sessions:
             raise SessionLimitReached(
                 f"the server holds its maximum of {self._settings.max_sessions} sessions; delete one first",
@@ -229,7 +235,7 @@ class SessionManager:
     ) -> Execution:
         """Run code in a session reserved with :meth:`reserve`; always ends the reservation."""
         try:
-            timeout = self._timeout(request.timeout_s, session.limits.timeout_s)
+            timeout = execution_timeout(self._settings, request.timeout_s, session.limits.timeout_s)
             session.touch()
             if session.kernel is None:
                 try:
@@ -316,7 +322,13 @@ class SessionManager:
         """
         if self._closed:
             raise PoolClosed("the service is shutting down")
-        limits = self._limits(request.memory_mb, request.cpus, request.timeout_s, request.max_output_bytes)
+        limits = one_shot_limits(
+            self._settings,
+            memory_mb=request.memory_mb,
+            cpus=request.cpus,
+            timeout_s=request.timeout_s,
+            max_output_bytes=request.max_output_bytes,
+        )
         return await self._lease(limits), limits
 
     async def run_one_shot(
@@ -343,37 +355,6 @@ class SessionManager:
             await asyncio.shield(self._pool.release(kernel))
 
     # ------------------------------------------------------------------ internals
-
-    def _limits(
-        self,
-        memory_mb: int | None,
-        cpus: float | None,
-        timeout_s: float | None,
-        max_output_bytes: int | None = None,
-    ) -> SessionLimits:
-        s = self._settings
-        if memory_mb is not None and memory_mb > s.max_memory_mb:
-            raise InvalidLimits(f"memory_mb={memory_mb} is above this server's maximum of {s.max_memory_mb}")
-        if cpus is not None and cpus > s.max_cpus:
-            raise InvalidLimits(f"cpus={cpus} is above this server's maximum of {s.max_cpus}")
-        timeout = self._timeout(timeout_s, s.default_timeout_s)
-        if max_output_bytes is not None and max_output_bytes > s.max_output_bytes_limit:
-            raise InvalidLimits(
-                f"max_output_bytes={max_output_bytes} is above this server's maximum of {s.max_output_bytes_limit}"
-            )
-        return SessionLimits(
-            memory_mb=memory_mb or s.memory_mb,
-            cpus=cpus or s.cpus,
-            timeout_s=timeout,
-            max_output_bytes=max_output_bytes or s.max_output_bytes,
-        )
-
-    def _timeout(self, requested: float | None, default: float) -> float:
-        if requested is not None and requested > self._settings.max_timeout_s:
-            raise InvalidLimits(
-                f"timeout_s={requested} is above this server's maximum of {self._settings.max_timeout_s}"
-            )
-        return requested or default
 
     def _exec_limits(self, timeout: float, max_output_bytes: int) -> ExecLimits:
         s = self._settings

@@ -19,6 +19,7 @@ from execbox._models import BatchJob, BatchResult, JobStatus
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend, ForkWorker
 from execbox_server.batch import BatchRunner, parse_result
+from execbox_server.limits import batch_jobs
 from execbox_server.settings import Settings
 
 CASES_JOB = BatchJob.model_validate(
@@ -250,7 +251,7 @@ async def run_batch(backend: FakeWorkerBackend, n: int, **job: Any) -> list[Batc
     async def collect(result: BatchResult) -> None:
         results.append(result)
 
-    jobs = [BatchJob(id=f"j{i}", code="print(1)", **job) for i in range(n)]
+    jobs = batch_jobs(settings, [BatchJob(id=f"j{i}", code="print(1)", **job) for i in range(n)])
     try:
         await asyncio.wait_for(runner.run(None, jobs, collect), 10)
     finally:

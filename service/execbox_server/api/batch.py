@@ -11,12 +11,18 @@ from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import QUOTA_RESPONSE, check_code_size
 from execbox_server.errors import RequestTooLarge
+from execbox_server.limits import ResolvedJob, batch_jobs
 from execbox_server.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["batch"])
 
 
-def _check(body: BatchRequest, settings: Settings) -> None:
+def _check(body: BatchRequest, settings: Settings) -> list[ResolvedJob]:
+    """The batch's jobs with their limits, or the reason the whole batch is refused.
+
+    Everything is checked before a quota is taken or a job runs: a batch is refused whole,
+    never half run.
+    """
     if len(body.jobs) > settings.batch_max_jobs:
         raise RequestTooLarge(
             f"{len(body.jobs)} jobs in one batch; this server accepts at most {settings.batch_max_jobs} "
@@ -24,6 +30,7 @@ def _check(body: BatchRequest, settings: Settings) -> None:
         )
     for job in body.jobs:
         check_code_size(job.code, settings)
+    return batch_jobs(settings, body.jobs)
 
 
 def _lanes(body: BatchRequest, settings: Settings) -> int:
@@ -38,7 +45,7 @@ def _lanes(body: BatchRequest, settings: Settings) -> int:
     summary="Run many programs, each in a fresh forked process; results in input order",
 )
 async def batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
-    _check(body, services.settings)
+    jobs = _check(body, services.settings)
     results: list[BatchResult] = []
 
     async def collect(result: BatchResult) -> None:
@@ -46,7 +53,7 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
 
     async with services.quotas.batch(owner, _lanes(body, services.settings)) as slot:
         # Fewer lanes than asked when the key's share is partly used: slower, same results.
-        task = asyncio.ensure_future(services.batch.run(owner, body.jobs, collect, concurrency=slot.granted))
+        task = asyncio.ensure_future(services.batch.run(owner, jobs, collect, concurrency=slot.granted))
 
         def stop() -> None:
             task.cancel()  # the client went away: stop feeding workers
@@ -67,7 +74,7 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
     summary="Run many programs; stream each result as NDJSON in completion order",
 )
 async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
-    _check(body, services.settings)
+    jobs = _check(body, services.settings)
     # Taken now so that "over quota" is a 429 and "no worker free" a 503 with Retry-After,
     # not a line in a 200 stream; the quota is given back when the batch ends.
     slot = services.quotas.batch(owner, _lanes(body, services.settings))
@@ -77,6 +84,6 @@ async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) 
         slot.release()
         raise
     return ndjson_stream(
-        lambda emit: slot.hold(services.batch.run(owner, body.jobs, emit, concurrency=slot.granted, first=first)),
+        lambda emit: slot.hold(services.batch.run(owner, jobs, emit, concurrency=slot.granted, first=first)),
         tasks=services.tasks,  # a client that goes away cancels the batch: workers stop being fed
     )
