@@ -143,9 +143,7 @@ def job_limits(
     """
     s = settings
     return JobLimits(
-        timeout_s=_resolve(
-            "timeout_s", timeout_s, s.batch_default_timeout_s, s.max_timeout_s, "EXECBOX_MAX_TIMEOUT_S"
-        ),
+        timeout_s=_resolve("timeout_s", timeout_s, s.batch_default_timeout_s, s.max_timeout_s, "EXECBOX_MAX_TIMEOUT_S"),
         memory_mb=_resolve(
             "memory_mb", memory_mb, s.batch_memory_mb, s.batch_memory_mb, "EXECBOX_BATCH_MEMORY_MB", JOB_MEMORY_FLOOR_MB
         ),
@@ -179,9 +177,7 @@ def batch_jobs(settings: Settings, jobs: Sequence[BatchJob]) -> list[ResolvedJob
     return resolved
 
 
-def _resolve(
-    field: str, requested: N | None, default: N, maximum: N, setting: str, floor: float | None = None
-) -> N:
+def _resolve(field: str, requested: N | None, default: N, maximum: N, setting: str, floor: float | None = None) -> N:
     if requested is None:
         return default
     if requested > maximum:

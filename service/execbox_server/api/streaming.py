@@ -64,6 +64,7 @@ async def done_event(execution: Awaitable[Execution]) -> DoneEvent:
     """The last line of an execution stream: ``done`` with the whole Execution."""
     return DoneEvent(execution=await execution)
 
+
 # What one stream may hold for its reader. Past it, ``emit`` waits for the reader (batches:
 # backpressure) or drops the event (executions: the final ``done`` line still carries
 # everything that was kept).
