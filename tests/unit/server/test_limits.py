@@ -36,9 +36,7 @@ SETTINGS = Settings(
 
 
 def test_a_session_that_asks_for_nothing_gets_the_defaults() -> None:
-    assert session_limits(SETTINGS) == SessionLimits(
-        memory_mb=512, cpus=1.0, timeout_s=30, max_output_bytes=1_048_576
-    )
+    assert session_limits(SETTINGS) == SessionLimits(memory_mb=512, cpus=1.0, timeout_s=30, max_output_bytes=1_048_576)
 
 
 def test_a_session_gets_what_it_asks_for_up_to_the_maxima() -> None:
