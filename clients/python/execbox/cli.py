@@ -5,8 +5,18 @@
     execbox repl                      an interactive, stateful session
     execbox sessions [list|delete ID] list or delete sessions
 
-Exit codes of ``execbox run``: 0 ok, 1 the code failed (error, out of memory, kernel died,
-...), 2 timeout, 3 the service could not be used (unreachable, refused the request).
+Exit codes (every command):
+
+    0    ok
+    1    the code failed (error, out of memory, kernel died, ...; for ``agent``: no answer)
+    2    usage: bad arguments, an unreadable input file, invalid settings (like argparse)
+    3    the service could not be used: unreachable, or it refused the request
+    124  the execution timed out (like ``timeout``)
+    130  interrupted (Ctrl-C)
+
+``--json`` (``run``, ``eval``) prints the Execution or the report as one JSON document on
+stdout and nothing else there; messages and progress bars go to stderr. Progress bars are on
+when stderr is a terminal and tqdm is installed (``--progress`` / ``--no-progress`` decide).
 
 Sandbox output is untrusted: printed raw, its escape sequences would move the cursor, clear
 the screen, retitle the window, write the clipboard (OSC 52) or plant links in the user's
@@ -18,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import codeop
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from execbox._client import Client, Session
 from execbox._exceptions import ExecboxError
@@ -37,11 +48,25 @@ from execbox._models import (
     StderrEvent,
     StdoutEvent,
 )
+from execbox._progress import have_tqdm
 from execbox._text import escape_controls
+from execbox._version import __version__
 from execbox.agent import AgentConfig, run_agent
 from execbox.llm import ChatClient
 
-EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from execbox.evals.datasets import Problem
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the code failed
+EXIT_USAGE = 2  # as argparse
+EXIT_SERVICE = 3  # the service could not be used
+EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be done; exits with EXIT_USAGE."""
 
 
 @dataclass(frozen=True)
@@ -78,21 +103,27 @@ def _terminal(args: argparse.Namespace) -> Terminal:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
     if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_SERVICE
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     # The service's messages may quote what a sandbox wrote: never raw, whatever the flag.
     safe = Terminal()
     try:
         code: int = args.func(args)
         return code
+    except UsageError as exc:
+        safe.line(f"execbox: {exc}", err=True)
+        return EXIT_USAGE
     except ExecboxError as exc:
         safe.line(f"execbox: {exc}", err=True)
         return EXIT_SERVICE
     except KeyboardInterrupt:
         safe.line("execbox: interrupted", err=True)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,8 +131,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="execbox",
         description="execbox: a code-execution sandbox for code LLMs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="The service URL and key come from --url/--api-key or EXECBOX_URL/EXECBOX_API_KEY.",
+        epilog="The service URL and key come from --url/--api-key or EXECBOX_URL/EXECBOX_API_KEY. Exit codes: "
+        "0 ok, 1 the code failed, 2 usage, 3 the service could not be used, 124 timeout, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"execbox {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="service URL (default: $EXECBOX_URL or http://127.0.0.1:8000)")
     common.add_argument("--api-key", help="bearer key (default: $EXECBOX_API_KEY)")
@@ -128,11 +161,14 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run a file or stdin once in a fresh sandbox",
         description="Run a Python file (or - for stdin) once in a fresh sandbox, printing its output as it "
-        "streams. Exit code: 0 ok, 1 the code failed, 2 timeout, 3 the service could not be used.",
+        "streams. Exit code: 0 ok, 1 the code failed, 2 usage, 3 the service could not be used, 124 timeout.",
     )
     run.add_argument("file", help="a Python file, or - to read the code from stdin")
     run.add_argument("--timeout", type=float, default=None, help="execution timeout in seconds")
     run.add_argument("--memory-mb", type=int, default=None, help="memory limit of the sandbox, MiB")
+    run.add_argument(
+        "--json", action="store_true", help="print the whole Execution as JSON on stdout instead of streaming"
+    )
     run.set_defaults(func=_run)
 
     repl = sub.add_parser(
@@ -195,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--user-llm-url", help="a second model that plays the user (its base URL)")
     synth.add_argument("--user-model", help="model name of the simulated user")
     synth.add_argument("--user-prompt", help="system prompt of the simulated user")
-    synth.add_argument("--progress", action="store_true")
+    _progress_flag(synth)
     synth.set_defaults(func=_synth)
 
     ev = sub.add_parser(
@@ -230,14 +266,45 @@ def _parser() -> argparse.ArgumentParser:
         choices=["execbox", "opencodeinterpreter", "code_feedback"],
         help="also render, for each failure, the feedback the multi-turn loop would show a model",
     )
-    ev.add_argument("--progress", action="store_true", help="show a progress bar")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON on stdout (and nothing else)")
+    _progress_flag(ev)
     ev.set_defaults(func=_eval)
 
     return parser
 
 
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: on when stderr is a terminal and tqdm is installed)",
+    )
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    if args.progress is None:
+        return _stderr_is_terminal() and have_tqdm()
+    if args.progress and not have_tqdm():
+        raise UsageError("--progress needs tqdm: pip install 'execbox[progress]'")
+    return bool(args.progress)
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, api_key=args.api_key)
+
+
+def _print_json(data: object) -> None:
+    """``data`` as one line of JSON on stdout, escaped down to printable ASCII.
+
+    Sandbox text inside stays exact for a JSON reader, and no control character (C1 and DEL
+    included, which JSON itself leaves raw) reaches a terminal the output may be shown on.
+    """
+    Terminal().line(json.dumps(data, ensure_ascii=True).replace("\x7f", "\\u007f"))
 
 
 # ------------------------------------------------------------------ serve
@@ -260,8 +327,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
-        print(f"execbox: invalid settings: {exc}", file=sys.stderr)
-        return EXIT_SERVICE
+        raise UsageError(f"invalid settings: {exc}") from exc
     serve(settings)
     return EXIT_OK
 
@@ -276,16 +342,20 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with open(args.file, encoding="utf-8") as fh:
                 code = fh.read()
-        except OSError as exc:
-            Terminal().line(f"execbox: cannot read {args.file}: {exc.strerror}", err=True)
-            return EXIT_SERVICE
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}") from exc
     with _client(args) as client:
-        events = client.run_stream(code, timeout_s=args.timeout, memory_mb=args.memory_mb)
-        execution = _print_stream(events, _terminal(args))
+        if args.json:
+            execution = client.run(code, timeout_s=args.timeout, memory_mb=args.memory_mb)
+            _print_json(execution.model_dump(mode="json"))
+        else:
+            events = client.run_stream(code, timeout_s=args.timeout, memory_mb=args.memory_mb)
+            execution = _print_stream(events, _terminal(args))
     return exit_code(execution)
 
 
 def exit_code(execution: Execution) -> int:
+    """0 ok, 124 timeout (as ``timeout``), 1 any other way the code failed."""
     if execution.status is ExecutionStatus.OK:
         return EXIT_OK
     if execution.status is ExecutionStatus.TIMEOUT:
@@ -388,8 +458,6 @@ def _agent_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    import json
-
     term = _terminal(args)
 
     def show(message: dict[str, str]) -> None:
@@ -428,7 +496,7 @@ def _synth(args: argparse.Namespace) -> int:
             config=_agent_config(args),
             user=user,
             concurrency=args.concurrency,
-            progress=args.progress,
+            progress=_progress(args),
         )
     term.line(f"{stats.written} written, {stats.skipped} already done, {stats.failed} recorded failures", err=True)
     return EXIT_OK
@@ -439,22 +507,14 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     term = Terminal()
-    import json
-
-    from execbox.evals import evaluate, load_humaneval, load_problems
+    from execbox.evals import evaluate
     from execbox.evals.datasets import read_samples
 
-    if args.benchmark == "humaneval":
-        problems = load_problems(args.problems) if args.problems else load_humaneval()
-    elif not args.problems:
-        term.line(f"execbox: {args.benchmark} needs --problems FILE", err=True)
-        return EXIT_SERVICE
-    else:
-        problems = load_problems(args.problems)
+    problems = _problems(args)
+    progress = _progress(args)
     if args.llm_url:
         if not args.model:
-            term.line("execbox: --llm-url needs --model", err=True)
-            return EXIT_SERVICE
+            raise UsageError("--llm-url needs --model")
         from execbox.evals.generate import generate_samples
 
         llm = ChatClient(
@@ -471,26 +531,41 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         samples = read_samples(args.samples)
     except (OSError, ValueError) as exc:
-        term.line(f"execbox: cannot read samples: {exc}", err=True)
-        return EXIT_SERVICE
+        raise UsageError(f"cannot read samples: {exc}") from exc
     unknown = sorted({s["task_id"] for s in samples} - set(problems))
     if unknown:
-        term.line(f"execbox: samples name unknown tasks: {', '.join(unknown[:5])}", err=True)
-        return EXIT_SERVICE
-    ks = [int(k) for k in args.k.split(",") if k.strip()]
+        raise UsageError(f"samples name unknown tasks: {', '.join(unknown[:5])}")
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--k takes comma-separated integers, not {args.k!r}") from exc
     with _client(args) as client:
         report = evaluate(
-            client, problems, samples, ks=ks, timeout_s=args.timeout, feedback=args.feedback, progress=args.progress
+            client, problems, samples, ks=ks, timeout_s=args.timeout, feedback=args.feedback, progress=progress
         )
+    document = report.to_json()
+    if args.json:
+        _print_json(document)
     for name, value in report.pass_at_k.items():
-        term.line(f"{name}: {value:.3f}")
+        term.line(f"{name}: {value:.3f}", err=args.json)
     failed = sum(1 for s in report.samples if not s.passed)
     term.line(f"{len(report.samples)} samples, {report.tasks} tasks, {failed} failed, {report.wall_s:.1f}s", err=True)
     path = args.report or f"{args.samples}.report.json"
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(report.to_json(), fh, indent=1)
+        json.dump(document, fh, indent=1)
     term.line(f"report: {path}", err=True)
     return EXIT_OK
+
+
+def _problems(args: argparse.Namespace) -> dict[str, Problem]:
+    from execbox.evals import load_humaneval, load_problems
+
+    if args.benchmark != "humaneval" and not args.problems:
+        raise UsageError(f"{args.benchmark} needs --problems FILE")
+    try:
+        return load_problems(args.problems) if args.problems else load_humaneval()
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise UsageError(f"cannot read the problems: {exc}") from exc
 
 
 # ------------------------------------------------------------------ sessions
@@ -501,8 +576,7 @@ def _sessions(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.action == "delete":
             if not args.ids:
-                term.line("execbox: give the ids of the sessions to delete", err=True)
-                return EXIT_SERVICE
+                raise UsageError("give the ids of the sessions to delete")
             for session_id in args.ids:
                 client.sessions.delete(session_id)
                 term.line(f"deleted {session_id}")
