@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from execbox_server.api import batch, execute, files, health, sessions
 from execbox_server.api.deps import Services, authenticate
+from execbox_server.api.openapi import install_openapi, operation_id
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
@@ -84,7 +85,9 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
         version=VERSION,
         summary="Code execution sandbox for code LLMs: warm Jupyter kernels in locked-down containers.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
+    install_openapi(app)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sessions.router)

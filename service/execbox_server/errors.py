@@ -56,6 +56,7 @@ __all__ = [
     "error_response",
     "file_error",
     "install_error_handlers",
+    "status_of",
 ]
 
 
@@ -196,6 +197,23 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 }
 
 
+def status_of(code: ErrorCode) -> int:
+    """The HTTP status the service answers ``code`` with (for the OpenAPI document).
+
+    Raises:
+        KeyError: ``code`` has no status of its own (``http_error``).
+    """
+    statuses = {c: s for s, c in _HTTP_CODES.items()}
+    statuses[ErrorCode.INVALID_REQUEST] = 422
+    statuses[ErrorCode.INTERNAL_ERROR] = 500
+    pending = list(ServiceError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        statuses[cls.code] = cls.status_code
+        pending += cls.__subclasses__()
+    return statuses[code]
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -218,6 +236,12 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Still the envelope, so a client reads every failure the same way; the exception
+        # itself goes on to the server's log (Starlette re-raises it after this answer).
+        return error_response(500, ErrorCode.INTERNAL_ERROR, "the request failed inside the service")
+
     app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -6,15 +6,23 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 
+from execbox._codes import ErrorCode
 from execbox._models import BatchRequest, BatchResponse, BatchResult
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, model_response, ndjson_stream, on_client_disconnect
-from execbox_server.api.validation import QUOTA_RESPONSE, check_code_size
+from execbox_server.api.openapi import BODY, LEASE, error_responses, stream_response
+from execbox_server.api.streaming import model_response, ndjson_stream, on_client_disconnect
+from execbox_server.api.validation import check_code_size
 from execbox_server.errors import RequestTooLarge
 from execbox_server.limits import ResolvedJob, batch_jobs
 from execbox_server.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["batch"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["batch"],
+    responses=error_responses(ErrorCode.UNAUTHORIZED, ErrorCode.INTERNAL_ERROR),
+)
+
+_ERRORS = error_responses(*BODY, *LEASE, ErrorCode.INVALID_LIMITS, ErrorCode.QUOTA_EXCEEDED)
 
 
 def _check(body: BatchRequest, settings: Settings) -> list[ResolvedJob]:
@@ -41,10 +49,10 @@ def _lanes(body: BatchRequest, settings: Settings) -> int:
 @router.post(
     "/batch",
     response_model=BatchResponse,
-    responses=QUOTA_RESPONSE,
+    responses=_ERRORS,
     summary="Run many programs, each in a fresh forked process; results in input order",
 )
-async def batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
+async def run_batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
     jobs = _check(body, services.settings)
     results: list[BatchResult] = []
 
@@ -67,13 +75,13 @@ async def batch(body: BatchRequest, request: Request, services: ServicesDep, own
 @router.post(
     "/batch/stream",
     responses={
-        **QUOTA_RESPONSE,
-        200: {"content": {NDJSON: {}}, "description": "One `result` line per job as it completes, then `summary`"},
+        **_ERRORS,
+        **stream_response("BatchStreamLine", "One `result` line per job as it completes, then `summary`"),
     },
     response_class=Response,
     summary="Run many programs; stream each result as NDJSON in completion order",
 )
-async def batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
+async def run_batch_stream(body: BatchRequest, services: ServicesDep, owner: Owner) -> Response:
     jobs = _check(body, services.settings)
     # Taken now so that "over quota" is a 429 and "no worker free" a 503 with Retry-After,
     # not a line in a 200 stream; the quota is given back when the batch ends.

@@ -6,15 +6,23 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 
+from execbox._codes import ErrorCode
 from execbox._models import Execution, OneShotRequest
 from execbox_server.api.deps import Owner, ServicesDep
-from execbox_server.api.streaming import NDJSON, done_event, model_response, ndjson_stream, on_client_disconnect
-from execbox_server.api.validation import QUOTA_RESPONSE, check_code_size
+from execbox_server.api.openapi import BODY, LEASE, error_responses, stream_response
+from execbox_server.api.streaming import done_event, model_response, ndjson_stream, on_client_disconnect
+from execbox_server.api.validation import check_code_size
 
-router = APIRouter(prefix="/v1", tags=["execute"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["execute"],
+    responses=error_responses(ErrorCode.UNAUTHORIZED, ErrorCode.INTERNAL_ERROR),
+)
+
+_ERRORS = error_responses(*BODY, *LEASE, ErrorCode.INVALID_LIMITS, ErrorCode.QUOTA_EXCEEDED)
 
 
-@router.post("/execute", response_model=Execution, responses=QUOTA_RESPONSE, summary="Run code once in a fresh sandbox")
+@router.post("/execute", response_model=Execution, responses=_ERRORS, summary="Run code once in a fresh sandbox")
 async def execute(body: OneShotRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
     check_code_size(body.code, services.settings)
     async with services.quotas.one_shot(owner):
@@ -27,7 +35,7 @@ async def execute(body: OneShotRequest, request: Request, services: ServicesDep,
 
 @router.post(
     "/execute/stream",
-    responses={**QUOTA_RESPONSE, 200: {"content": {NDJSON: {}}, "description": "NDJSON events, the last one `done`"}},
+    responses={**_ERRORS, **stream_response("ExecutionStreamLine", "NDJSON events, the last one `done`")},
     response_class=Response,
     summary="Run code once in a fresh sandbox, streaming events as NDJSON",
 )

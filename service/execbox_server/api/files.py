@@ -8,13 +8,27 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response, status
 
+from execbox._codes import ErrorCode
 from execbox._models import FileInfo
 from execbox_server.api.deps import Owner, ServicesDep
+from execbox_server.api.openapi import error_responses
 from execbox_server.backends.base import FileRequestError, SandboxGone
 from execbox_server.errors import FileTooLarge, InvalidPath, SandboxUnavailable, file_error
 from execbox_server.sessions import SessionEntry
 
-router = APIRouter(prefix="/v1/sessions/{session_id}/files", tags=["files"])
+router = APIRouter(
+    prefix="/v1/sessions/{session_id}/files",
+    tags=["files"],
+    responses=error_responses(
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INTERNAL_ERROR,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.INVALID_PATH,
+        ErrorCode.SESSION_NOT_FOUND,
+        ErrorCode.FILE_NOT_FOUND,
+        ErrorCode.SANDBOX_UNAVAILABLE,
+    ),
+)
 
 
 async def _files(services: ServicesDep, session: SessionEntry, op: str, path: str, data: bytes | None = None) -> Any:
@@ -44,9 +58,10 @@ async def list_files(session_id: str, services: ServicesDep, owner: Owner, dir: 
     "/{path:path}",
     status_code=status.HTTP_201_CREATED,
     response_model=FileInfo,
+    responses=error_responses(ErrorCode.FILE_TOO_LARGE, ErrorCode.REQUEST_TOO_LARGE),
     summary="Upload a file (the raw request body) into the working directory",
 )
-async def upload(session_id: str, path: str, request: Request, services: ServicesDep, owner: Owner) -> FileInfo:
+async def upload_file(session_id: str, path: str, request: Request, services: ServicesDep, owner: Owner) -> FileInfo:
     session = services.sessions.get(owner, session_id)
     data = await request.body()
     if len(data) > services.settings.max_file_bytes:
@@ -58,10 +73,13 @@ async def upload(session_id: str, path: str, request: Request, services: Service
 @router.get(
     "/{path:path}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(ErrorCode.FILE_TOO_LARGE),
+    },
     summary="Download a file of the working directory",
 )
-async def download(session_id: str, path: str, services: ServicesDep, owner: Owner) -> Response:
+async def download_file(session_id: str, path: str, services: ServicesDep, owner: Owner) -> Response:
     data = await _files(services, services.sessions.get(owner, session_id), "get", path)
     return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": _disposition(path)})
 

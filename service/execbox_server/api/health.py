@@ -8,10 +8,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from execbox._codes import ErrorCode
 from execbox_server.api.deps import ServicesDep
+from execbox_server.api.openapi import error_responses
 from execbox_server.errors import EngineUnavailable, PoolWarming
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=error_responses(ErrorCode.INTERNAL_ERROR))
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -24,7 +26,11 @@ async def metrics(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/readyz", summary="Ready to serve: engine reachable and the pool warm")
+@router.get(
+    "/readyz",
+    responses=error_responses(ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.POOL_WARMING),
+    summary="Ready to serve: engine reachable and the pool warm",
+)
 async def readyz(services: ServicesDep) -> Any:
     try:
         # Cached: this route is open to anyone, and one engine call per probe is a lever.

@@ -122,3 +122,17 @@ async def test_framework_errors_answer_in_the_envelope_with_an_error_code() -> N
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, ErrorCode.NOT_FOUND)
     assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, ErrorCode.METHOD_NOT_ALLOWED)
     assert unparsable.status_code == 422 and unparsable.json()["error"]["code"] == ErrorCode.INVALID_REQUEST
+
+
+async def test_an_unexpected_failure_is_a_500_in_the_envelope() -> None:
+    app = create_app(Settings())
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        r = await http.get("/boom")
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal_error", "message": "the request failed inside the service"}}
