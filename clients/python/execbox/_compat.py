@@ -10,16 +10,23 @@ from __future__ import annotations
 import sys
 from enum import Enum
 
-__all__ = ["Self", "StrEnum"]
+__all__ = ["Self", "StrEnum", "StrEnum310"]
 
-if sys.version_info >= (3, 11):  # noqa: UP036  (the SDK supports 3.10)
+class StrEnum310(str, Enum):  # noqa: UP042, RUF100
+    """``enum.StrEnum`` as the SDK uses it, for 3.10: members are str, ``str(member)`` is the value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return str(self.value).__format__(spec)
+
+
+# The noqa holds whether ruff checks this file for 3.10 (the SDK's floor) or 3.11 (the service's).
+if sys.version_info >= (3, 11):  # noqa: UP036, RUF100
     from enum import StrEnum
     from typing import Self
 else:  # pragma: no cover - exercised on 3.10 only
-    from typing_extensions import Self  # noqa: UP035
+    from typing_extensions import Self  # noqa: UP035, RUF100
 
-    class StrEnum(str, Enum):  # noqa: UP042
-        """``enum.StrEnum`` of 3.11: members are str, and ``str(member)`` is the value."""
-
-        def __str__(self) -> str:
-            return str(self.value)
+    StrEnum = StrEnum310

@@ -133,3 +133,27 @@ def test_a_job_result_reads_as_an_execution(job: JobStatus, execution: Execution
     converted = result.to_execution()
     assert converted.status is execution and converted.stdout == "o" and converted.text == "42"
     assert converted.resources.cpu_ms == 4.0 and converted.duration_ms == 5.0
+
+
+def test_the_python_3_10_str_enum_behaves_like_the_standard_one() -> None:
+    from enum import StrEnum
+
+    from pydantic import BaseModel
+
+    from execbox._compat import StrEnum310
+
+    class Old(StrEnum310):
+        OK = "ok"
+
+    class New(StrEnum):
+        OK = "ok"
+
+    for enum in (Old, New):
+
+        class Model(BaseModel):
+            status: enum  # type: ignore[valid-type]
+
+        member = Model.model_validate_json('{"status": "ok"}').status
+        assert member is enum.OK and member == "ok" and isinstance(member, str)
+        assert (str(member), f"{member}", f"{member:>3}", repr(member.value)) == ("ok", "ok", " ok", "'ok'")
+        assert Model(status=enum.OK).model_dump_json() == '{"status":"ok"}'
