@@ -7,7 +7,7 @@ with Client() as client, client.session() as s:
     print(s.run("x * 2").text)   # '42'
 """
 
-import typing
+import typing as _typing
 
 from execbox._async_client import AsyncClient, AsyncSession, AsyncSessions
 from execbox._client import Client, Session, Sessions
@@ -60,7 +60,7 @@ from execbox._models import (
 from execbox._version import __version__
 from execbox.feedback import render_feedback
 
-if typing.TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from execbox._models import JobResult as BatchResult  # noqa: F401  (deprecated; see __getattr__)
 
 __all__ = [
@@ -120,7 +120,7 @@ __all__ = [
 _DEPRECATED = {"BatchResult": ("JobResult", JobResult)}
 
 
-def __getattr__(name: str) -> typing.Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _DEPRECATED:
         import warnings
 

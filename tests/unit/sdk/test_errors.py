@@ -198,3 +198,10 @@ def test_events_before_the_error_line_reach_the_caller_first() -> None:
         with pytest.raises(ServiceUnavailableError):
             client.run("x", on_stdout=seen.append)
     assert seen == ["partial\n"]
+
+
+def test_the_sdk_reads_each_code_with_the_status_the_service_sends_it_with() -> None:
+    errors = pytest.importorskip("execbox_server.errors")  # an SDK-only install has no service
+    for code in ErrorCode:
+        if code is not ErrorCode.HTTP_ERROR:  # any status: none of its own
+            assert status_error_for(code.value, "m").status_code == errors.status_of(code), code
