@@ -260,8 +260,10 @@ class FakeConnection:
         try:
             tree = ast.parse(code, filename, "exec")
             last = None
-            if tree.body and isinstance(tree.body[-1], ast.Expr):
-                last = ast.Expression(tree.body.pop().value)
+            tail = tree.body[-1] if tree.body else None
+            if isinstance(tail, ast.Expr):
+                tree.body.pop()
+                last = ast.Expression(tail.value)
             with _captured(events):
                 exec(compile(tree, filename, "exec"), self.namespace)
                 value = eval(compile(last, filename, "eval"), self.namespace) if last is not None else None

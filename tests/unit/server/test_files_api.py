@@ -84,7 +84,9 @@ async def test_an_upload_replaces_the_file() -> None:
         ("PUT", "file.txt/inner.txt", 422, "invalid_path"),  # a file is not a directory
     ],
 )
-async def test_refused_file_requests_answer_with_the_helpers_code(method: str, path: str, status: int, code: str) -> None:
+async def test_refused_file_requests_answer_with_the_helpers_code(
+    method: str, path: str, status: int, code: str
+) -> None:
     async with served() as srv:
         sid, kernel = await new_session(srv)
         kernel.files.update({"dir/inside.txt": b"x", "file.txt": b"y"})

@@ -17,7 +17,7 @@ import pytest
 from execbox._models import ExecuteRequest, Execution, ExecutionStatus, OneShotRequest, SessionCreate
 from execbox_server import executor as executor_module
 from execbox_server.backends.base import SandboxSpec, SandboxStatus
-from execbox_server.errors import EngineUnavailable, InvalidLimits, SessionBusy, SessionNotFound
+from execbox_server.errors import EngineUnavailable, InvalidLimits, PoolExhausted, SessionBusy, SessionNotFound
 from execbox_server.executor import Executor
 from execbox_server.kernel.events import Malformed
 from execbox_server.pool import KernelPool
@@ -260,6 +260,22 @@ async def test_a_failure_inside_the_service_is_reported_as_state_lost_on_the_nex
         assert ex.message is not None and "failed inside the service" in ex.message
         following = await r.run(info.id, "2")
         assert not following.state_lost
+
+
+async def test_a_session_waits_for_a_slow_kernel_start_within_the_acquire_timeout() -> None:
+    async with rig(min_ready=0, acquire_timeout_s=1.0) as r:
+        r.backend.start_delay = 0.2
+        info = await r.manager.create(None, SessionCreate())
+        assert r.kernel_of(info.id).limits_applied
+
+
+async def test_a_kernel_start_slower_than_the_acquire_timeout_is_pool_exhausted() -> None:
+    async with rig(min_ready=0, acquire_timeout_s=0.1) as r:
+        r.backend.start_delay = 0.5
+        with pytest.raises(PoolExhausted) as exhausted:
+            await r.manager.create(None, SessionCreate())
+        assert exhausted.value.retry_after is not None
+        assert r.manager.count == 0
 
 
 async def test_no_session_is_handed_out_while_the_engine_is_down() -> None:
