@@ -173,7 +173,7 @@ _FILE_ERRORS: dict[str, type[ServiceError]] = {
 }
 
 
-def file_error(code: str, message: str) -> ServiceError:
+def file_error(code: ErrorCode, message: str) -> ServiceError:
     """The service error for a file request the sandbox refused with ``code``."""
     return _FILE_ERRORS.get(code, InvalidPath)(message)
 

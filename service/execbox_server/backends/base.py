@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from execbox._codes import ErrorCode
 from execbox_server.kernel import KernelConnection
 
 __all__ = [
@@ -65,7 +66,7 @@ class SandboxGone(Exception):
 class FileRequestError(Exception):
     """A file request the sandbox refused; ``code`` is the API's error code (e.g. ``invalid_path``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

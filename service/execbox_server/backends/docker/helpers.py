@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import docker.errors
+from execbox._codes import ErrorCode
 from execbox_server.backends.base import FileRequestError, SandboxGone
 from execbox_server.backends.docker.engine import Engine
 from execbox_server.errors import EngineUnavailable
@@ -62,10 +63,10 @@ class SandboxHelpers:
         try:
             code, out, err = await self.run(container_id, command, stdin=data, max_output=limit + 2 * 1024 * 1024)
         except docker.errors.APIError as exc:
-            raise FileRequestError("sandbox_unavailable", f"the sandbox refused: {exc.explanation}") from exc
+            raise FileRequestError(ErrorCode.SANDBOX_UNAVAILABLE, f"the sandbox refused: {exc.explanation}") from exc
         except (TimeoutError, OSError) as exc:
             raise FileRequestError(
-                "sandbox_unavailable", f"the sandbox did not complete the file request in time ({exc!r}); retry"
+                ErrorCode.SANDBOX_UNAVAILABLE, f"the sandbox did not complete the file request in time ({exc!r}); retry"
             ) from exc
         header, _, body = out.partition(b"\n")
         try:
@@ -76,13 +77,13 @@ class SandboxHelpers:
         except ValueError as exc:
             detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {code}"]
             raise FileRequestError(
-                "sandbox_unavailable", f"the sandbox did not answer the file request: {detail[0][:500]}"
+                ErrorCode.SANDBOX_UNAVAILABLE, f"the sandbox did not answer the file request: {detail[0][:500]}"
             ) from exc
         if "error" in answer:
-            raise FileRequestError(str(answer["error"]), str(answer.get("message", "")))
+            raise FileRequestError(_file_code(answer["error"]), str(answer.get("message", "")))
         if op == "get":
             if len(body) != answer.get("size"):
-                raise FileRequestError("sandbox_unavailable", "the file changed while it was copied; retry")
+                raise FileRequestError(ErrorCode.SANDBOX_UNAVAILABLE, "the file changed while it was copied; retry")
             return body
         return answer
 
@@ -123,6 +124,15 @@ class SandboxHelpers:
             return code, out, err
 
         return await self._engine.call("exec", run, timeout=HELPER_TIMEOUT_S + 5)
+
+
+# The codes the files helper (sandbox_images/python/execbox_files.py) answers with.
+_FILE_CODES = {ErrorCode.INVALID_PATH, ErrorCode.FILE_NOT_FOUND, ErrorCode.FILE_TOO_LARGE}
+
+
+def _file_code(value: object) -> ErrorCode:
+    """The helper's refusal as an error code; anything else it might say is an invalid path."""
+    return next((code for code in _FILE_CODES if code.value == value), ErrorCode.INVALID_PATH)
 
 
 _FRAME = struct.Struct(">BxxxL")
