@@ -321,7 +321,7 @@ async def test_an_idle_session_expires_and_its_kernel_is_destroyed() -> None:
 
 
 async def test_keepalive_holds_off_idle_expiry() -> None:
-    async with rig(session_ttl_s=0.4) as r:
+    async with rig(session_ttl_s=0.6) as r:
         info = await r.manager.create(None, SessionCreate())
         for _ in range(6):
             await asyncio.sleep(0.1)
