@@ -59,15 +59,18 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from execbox._codes import ErrorCode
 from execbox_server.backends.base import (
     FileRequestError,
+    SandboxBackend,
     SandboxGone,
     SandboxSpec,
     SandboxState,
     SandboxStatus,
     Usage,
+    WorkerBackend,
 )
 from execbox_server.errors import EngineUnavailable, InvalidLimits
 from execbox_server.kernel.events import Display, ErrorOutput, Idle, KernelEvent, Reply, Stream, Traffic
@@ -481,12 +484,13 @@ class FakeBackend:
             body = data or b""
             if len(body) > limit:
                 raise FileRequestError(
-                    "file_too_large", f"the file is larger than the limit of {limit} bytes (EXECBOX_MAX_FILE_BYTES)"
+                    ErrorCode.FILE_TOO_LARGE,
+                    f"the file is larger than the limit of {limit} bytes (EXECBOX_MAX_FILE_BYTES)",
                 )
             _walk_dirs(kernel.files, parts[:-1], missing_ok=True)
             rel = "/".join(parts)
             if _is_dir(kernel.files, rel):
-                raise FileRequestError("invalid_path", f"{rel} is not a regular file")
+                raise FileRequestError(ErrorCode.INVALID_PATH, f"{rel} is not a regular file")
             kernel.files[rel] = bytes(body)
             return {"path": rel, "size": len(body)}
         if op == "get":
@@ -494,20 +498,22 @@ class FakeBackend:
             _walk_dirs(kernel.files, parts[:-1], missing_ok=False)
             rel = "/".join(parts)
             if _is_dir(kernel.files, rel):
-                raise FileRequestError("invalid_path", f"{rel} is not a regular file")
+                raise FileRequestError(ErrorCode.INVALID_PATH, f"{rel} is not a regular file")
             if rel not in kernel.files:
-                raise FileRequestError("file_not_found", f"no such file or directory: {rel}")
+                raise FileRequestError(ErrorCode.FILE_NOT_FOUND, f"no such file or directory: {rel}")
             content = kernel.files[rel]
             if len(content) > limit:
                 raise FileRequestError(
-                    "file_too_large", f"{rel} is {len(content)} bytes; the limit is {limit} (EXECBOX_MAX_FILE_BYTES)"
+                    ErrorCode.FILE_TOO_LARGE,
+                    f"{rel} is {len(content)} bytes; the limit is {limit} (EXECBOX_MAX_FILE_BYTES)",
                 )
             return content
         if op == "list":
             parts = _parts(path, want_file=False)
             _walk_dirs(kernel.files, parts, missing_ok=False)
             return {"entries": _entries(kernel.files, parts), "truncated": False}
-        raise FileRequestError("invalid_request", f"unknown operation {op!r}")
+        # The helper says invalid_request; the backend reads any code but its three as an invalid path.
+        raise FileRequestError(ErrorCode.INVALID_PATH, f"unknown operation {op!r}")
 
     # ------------------------------------------------------------------ batch workers (WorkerBackend)
 
@@ -648,13 +654,13 @@ def _parts(rel: str, *, want_file: bool) -> list[str]:
     """The path's components, refused as the real helper refuses them."""
     if "\0" in rel or rel.startswith("/") or "\\" in rel:
         raise FileRequestError(
-            "invalid_path", "give a path relative to the working directory, without NUL or backslashes"
+            ErrorCode.INVALID_PATH, "give a path relative to the working directory, without NUL or backslashes"
         )
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise FileRequestError("invalid_path", "'..' is not allowed: paths stay inside the working directory")
+        raise FileRequestError(ErrorCode.INVALID_PATH, "'..' is not allowed: paths stay inside the working directory")
     if want_file and not parts:
-        raise FileRequestError("invalid_path", "give a file name")
+        raise FileRequestError(ErrorCode.INVALID_PATH, "give a file name")
     return parts
 
 
@@ -669,10 +675,10 @@ def _walk_dirs(files: dict[str, bytes], parts: list[str], *, missing_ok: bool) -
         where = "/".join(parts[: i + 1])
         if where in files:
             raise FileRequestError(
-                "invalid_path", f"{where} is not a directory (or is a symlink, which is not followed)"
+                ErrorCode.INVALID_PATH, f"{where} is not a directory (or is a symlink, which is not followed)"
             )
         if not missing_ok and not _is_dir(files, where):
-            raise FileRequestError("file_not_found", f"no such file or directory: {where}")
+            raise FileRequestError(ErrorCode.FILE_NOT_FOUND, f"no such file or directory: {where}")
 
 
 def _entries(files: dict[str, bytes], parts: list[str]) -> list[dict[str, Any]]:
@@ -688,3 +694,9 @@ def _entries(files: dict[str, bytes], parts: list[str]) -> list[dict[str, Any]]:
         else:
             found[name] = {"name": name, "path": path, "size": len(content), "type": "file"}
     return [found[name] for name in sorted(found)]
+
+
+if TYPE_CHECKING:
+    # `mypy --strict tests/support` checks that the fake meets the seam's protocols.
+    _kernels: SandboxBackend[FakeKernel] = FakeBackend()
+    _workers: WorkerBackend[FakeWorker] = FakeBackend()
