@@ -1,5 +1,11 @@
 """execbox service: warm Jupyter kernels in locked-down Docker containers behind a FastAPI API."""
 
+import sys
+
+# The SDK runs on 3.10 (pip install execbox); the service does not.
+if sys.version_info < (3, 11):  # noqa: UP036
+    raise ImportError("execbox[server] needs Python 3.11 or newer (the SDK alone runs on 3.10)")
+
 from execbox_server.app import VERSION, create_app
 from execbox_server.settings import Settings
 

@@ -160,7 +160,11 @@ class Execution(_Model):
         default=False, description="True when the session's variables are gone (the kernel was replaced)."
     )
     kernel_restarted: bool = Field(
-        default=False, description="True when the server replaced the kernel during or after this execution."
+        default=False,
+        description=(
+            "Deprecated alias of `state_lost`, always equal to it; kept for wire compatibility. Read `state_lost`."
+        ),
+        json_schema_extra={"deprecated": True},
     )
     resources: Resources = Field(default_factory=Resources)
     message: str | None = Field(
@@ -336,7 +340,7 @@ class TestSpec(_Request):
 class TestOutcome(_Model):
     index: int
     passed: bool
-    status: str = Field(description="passed, failed, error or timeout")
+    status: str = Field(description="passed, failed, error, timeout, or not_run (the job ended before this case ran)")
     input: Any = None
     expected: Any = None
     actual: Any = None
