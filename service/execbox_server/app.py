@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from execbox_server.api import batch, execute, files, health, sessions
 from execbox_server.api.deps import Services, authenticate
 from execbox_server.api.openapi import install_openapi, operation_id
-from execbox_server.backends.base import SandboxSpec
+from execbox_server.backends.base import SandboxSpec, ServiceBackend
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
 from execbox_server.errors import RequestTooLarge, Unauthorized, install_error_handlers
@@ -35,29 +35,29 @@ log = logging.getLogger("execbox")
 VERSION = "0.1.0"
 
 
-def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> FastAPI:
+def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> FastAPI:
     """Build the service. Nothing starts until the app's lifespan runs (uvicorn does that)."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        docker_backend = backend or DockerBackend(settings)
-        await docker_backend.open()
+        sandbox_backend: ServiceBackend = backend or DockerBackend(settings)
+        await sandbox_backend.open()
         spec = SandboxSpec(memory_mb=settings.memory_mb, cpus=settings.cpus)
         pool: KernelPool[Any] = KernelPool(
-            docker_backend,
+            sandbox_backend,
             spec=spec,
             min_ready=settings.min_ready,
             max_total=settings.max_total,
             max_starting=settings.max_starting,
         )
         manager = SessionManager(
-            settings, pool, Executor(docker_backend), docker_backend.update_limits, metrics=metrics
+            settings, pool, Executor(sandbox_backend), sandbox_backend, metrics=metrics
         )
-        batch_runner = BatchRunner(settings, docker_backend, metrics=metrics)
+        batch_runner = BatchRunner(settings, sandbox_backend, metrics=metrics)
         app.state.services = Services(
             settings=settings,
-            backend=docker_backend,
+            backend=sandbox_backend,
             pool=pool,
             sessions=manager,
             batch=batch_runner,
@@ -73,7 +73,7 @@ def create_app(settings: Settings, *, backend: DockerBackend | None = None) -> F
                 "no EXECBOX_API_KEYS set: authentication is off, listening on loopback only (%s)",
                 settings.host,
             )
-        log.info("execbox instance %s serving image %s", docker_backend.instance_id, settings.image)
+        log.info("execbox instance %s serving image %s", sandbox_backend.instance_id, settings.image)
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from execbox._models import (
     ErrorEvent,
@@ -36,13 +36,12 @@ from execbox._models import (
     StdoutEvent,
     Truncation,
 )
-from execbox_server.backends.base import SandboxState, SandboxStatus, Usage
+from execbox_server.backends.base import Sandbox, SandboxControl, SandboxState, SandboxStatus, Usage
 from execbox_server.kernel import (
     ClearOutput,
     Display,
     ErrorOutput,
     Idle,
-    KernelConnection,
     KernelEvent,
     KernelNotReady,
     Malformed,
@@ -52,7 +51,7 @@ from execbox_server.kernel import (
 )
 from execbox_server.output import HeadTail, strip_ansi
 
-__all__ = ["ExecLimits", "ExecOutcome", "Executor", "OnEvent", "SandboxControl"]
+__all__ = ["ExecLimits", "ExecOutcome", "Executor", "OnEvent"]
 
 OnEvent = Callable[[ExecutionEvent], Awaitable[None]]
 
@@ -68,27 +67,6 @@ MAX_ERROR_NAME = 256
 # each) and the kernel's echo of the code (execute_input), which may be JSON-escaped.
 ENVELOPE_ALLOWANCE = 4 * 1024 * 1024
 CODE_ECHO_FACTOR = 6
-
-
-class _HasConn(Protocol):
-    @property
-    def conn(self) -> KernelConnection: ...
-
-
-class SandboxControl(Protocol):
-    """What the executor needs from the backend (kernels are ``Any``: each backend has its own type)."""
-
-    async def inspect(self, kernel: Any) -> SandboxState: ...
-
-    async def kill(self, kernel: Any) -> None: ...
-
-    async def signal(self, kernel: Any, sig: str) -> None: ...
-
-    def usage(self, kernel: Any) -> Usage: ...
-
-    def reset_peak_memory(self, kernel: Any) -> None: ...
-
-    async def sweep_processes(self, kernel: Any) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -328,12 +306,12 @@ _DEAD_STATUS = {
 
 
 class Executor:
-    def __init__(self, control: SandboxControl) -> None:
+    def __init__(self, control: SandboxControl[Any]) -> None:
         self._control = control
 
     async def run(
         self,
-        kernel: _HasConn,
+        kernel: Sandbox,
         code: str,
         limits: ExecLimits,
         *,
@@ -406,7 +384,7 @@ class Executor:
 
     async def _malformed(
         self,
-        kernel: _HasConn,
+        kernel: Sandbox,
         col: _Collector,
         event: Malformed,
         started: float,
@@ -439,7 +417,7 @@ class Executor:
 
     async def _stop(
         self,
-        kernel: _HasConn,
+        kernel: Sandbox,
         msg_id: str,
         col: _Collector,
         reason: ExecutionStatus,

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +25,7 @@ from execbox._models import (
     SessionInfo,
     SessionLimits,
 )
-from execbox_server.backends.base import SandboxSpec
+from execbox_server.backends.base import SandboxBackend, SandboxSpec
 from execbox_server.errors import (
     PoolClosed,
     ServiceError,
@@ -123,7 +122,7 @@ class SessionManager:
         settings: Settings,
         pool: KernelPool[Any],
         executor: Executor,
-        apply_limits: Callable[[Any, SandboxSpec], Awaitable[None]],
+        backend: SandboxBackend[Any],
         *,
         metrics: Metrics | None = None,
     ) -> None:
@@ -131,7 +130,7 @@ class SessionManager:
         self._settings = settings
         self._pool = pool
         self._executor = executor
-        self._apply_limits = apply_limits
+        self._backend = backend
         self._sessions: dict[str, SessionEntry] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
@@ -382,7 +381,7 @@ class SessionManager:
         kernel = await self._pool.acquire(timeout=self._settings.acquire_timeout_s)
         self._metrics.acquire_wait.observe(time.monotonic() - started)
         try:
-            await self._apply_limits(kernel, SandboxSpec(memory_mb=limits.memory_mb, cpus=limits.cpus))
+            await self._backend.update_limits(kernel, SandboxSpec(memory_mb=limits.memory_mb, cpus=limits.cpus))
         except BaseException:
             await asyncio.shield(self._pool.release(kernel))
             raise

@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from execbox_server.api.deps import Services
 from execbox_server.app import create_app
-from execbox_server.backends.docker import DockerBackend
 from execbox_server.settings import Settings
 from tests.support.fake_backend import FakeBackend
 
@@ -62,7 +61,7 @@ async def served(
     settings = settings or fast_settings()
     backend = backend or FakeBackend(max_file_bytes=settings.max_file_bytes)
     # create_app's backend parameter is typed as the Docker class; the fake meets the protocols.
-    app = create_app(settings, backend=cast(DockerBackend, backend))
+    app = create_app(settings, backend=backend)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:

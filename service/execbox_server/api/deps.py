@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from pydantic import SecretStr
 
-from execbox_server.backends.docker import DockerBackend
+from execbox_server.backends.base import ServiceBackend
 from execbox_server.batch import BatchRunner
 from execbox_server.errors import Unauthorized
 from execbox_server.observability import Metrics
@@ -27,7 +27,7 @@ __all__ = ["Owner", "Services", "ServicesDep", "authenticate", "get_owner", "get
 @dataclass
 class Services:
     settings: Settings
-    backend: DockerBackend
+    backend: ServiceBackend
     pool: KernelPool[Any]
     sessions: SessionManager
     batch: BatchRunner

@@ -5,23 +5,28 @@ only these protocols and types.
     SandboxControl[K]   what the executor needs: inspect, kill, signal, usage, process sweep
     SandboxBackend[K]   all of a kernel sandbox's operations (the above, limits and files)
     WorkerBackend[W]    batch workers: start and destroy
+    ServiceBackend      everything the app uses: kernels, workers, open/close, ping
     Sandbox             what every kernel exposes: ids and the connection to its kernel
+    KernelChannel       what the executor calls on that connection
+    Worker              a batch worker: the stream to its fork server
 
 The Docker implementation lives in :mod:`execbox_server.backends.docker`; unit tests use fakes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from execbox._codes import ErrorCode
-from execbox_server.kernel import KernelConnection
+from execbox_server.kernel import KernelEvent, Traffic
 
 __all__ = [
     "Backend",
     "FileRequestError",
+    "KernelChannel",
     "Sandbox",
     "SandboxBackend",
     "SandboxControl",
@@ -29,7 +34,9 @@ __all__ = [
     "SandboxSpec",
     "SandboxState",
     "SandboxStatus",
+    "ServiceBackend",
     "Usage",
+    "Worker",
     "WorkerBackend",
 ]
 
@@ -72,6 +79,29 @@ class FileRequestError(Exception):
         self.message = message
 
 
+class KernelChannel(Protocol):
+    """The connection to one kernel, as the executor drives it (kernel/connection.py)."""
+
+    @property
+    def traffic(self) -> Traffic:
+        """Everything received so far, counted on every channel."""
+        ...
+
+    def execute(self, code: str) -> str:
+        """Send an execute request; return its msg_id."""
+        ...
+
+    async def next_event(self, msg_id: str, timeout: float) -> KernelEvent | None: ...
+
+    def interrupt(self) -> None: ...
+
+    def mute_output(self) -> int:
+        """Stop reading output; return the bytes dropped."""
+        ...
+
+    async def unmute_output(self, timeout: float) -> None: ...
+
+
 class Sandbox(Protocol):
     """A kernel sandbox as the service sees it."""
 
@@ -82,7 +112,19 @@ class Sandbox(Protocol):
     def short_id(self) -> str: ...
 
     @property
-    def conn(self) -> KernelConnection: ...
+    def conn(self) -> KernelChannel: ...
+
+
+class Worker(Protocol):
+    """A batch worker: the stream to its fork server, and who may use it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    owner: str | None
+    jobs: int
+
+    @property
+    def short_id(self) -> str: ...
 
 
 K = TypeVar("K")
@@ -170,4 +212,23 @@ class WorkerBackend(Protocol[W]):
 
     async def destroy_worker(self, worker: W) -> None:
         """Remove the worker for good. Never raises; safe to call twice."""
+        ...
+
+
+class ServiceBackend(SandboxBackend[Any], WorkerBackend[Any], Protocol):
+    """Everything the app uses of a backend; the app factory builds the Docker one by default."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    async def open(self) -> None:
+        """Connect and claim this instance's resources. Raises EngineUnavailable."""
+        ...
+
+    async def close(self) -> None:
+        """Remove everything this instance owns. Never raises."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises EngineUnavailable unless the engine answers (uncached)."""
         ...

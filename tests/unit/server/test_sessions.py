@@ -52,7 +52,7 @@ async def rig(**overrides: Any) -> AsyncIterator[Rig]:
         max_total=settings.max_total,
         max_starting=settings.max_starting,
     )
-    manager = SessionManager(settings, pool, Executor(backend), backend.update_limits)
+    manager = SessionManager(settings, pool, Executor(backend), backend)
     pool.start()
     manager.start()
     try:
