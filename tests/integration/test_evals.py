@@ -36,6 +36,22 @@ def test_canonical_humaneval_solutions_pass_and_broken_ones_fail(client: Client)
     assert failure.feedback and failure.feedback.startswith("Execution result")
 
 
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "    return sorted(numbers) and False\nimport os\nos._exit(0)\n",  # ends the program before the tests
+        "    import os\n    os._exit(0)\n",  # ends it from inside the call the tests make
+        "    import sys\n    sys.exit(0)\n",
+        "    raise SystemExit(0)\n",
+    ],
+)
+def test_a_sample_that_ends_the_program_before_its_tests_finish_never_passes(client: Client, completion: str) -> None:
+    problems = load_humaneval()
+    report = evaluate(client, problems, [{"task_id": "HumanEval/0", "completion": completion}])
+    assert report.pass_at_k == {"pass@1": 0.0}, report.samples[0]
+    assert report.samples[0].result.startswith("failed"), report.samples[0]
+
+
 def test_timeouts_are_recorded_per_sample(client: Client) -> None:
     problems = load_humaneval()
     sample = {"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"}

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from execbox._client import Client
-from execbox._models import JobResult, JobStatus
+from execbox._models import ExecutionError, JobResult, JobStatus
 from execbox._progress import progress_bar
 from execbox.evals.datasets import Problem
 from execbox.feedback import FeedbackStyle, render_feedback
@@ -56,18 +56,29 @@ class EvalReport:
         }
 
 
+def _failure(result: JobResult) -> ExecutionError | None:
+    """The error that decided a failing sample: its first failed test's, else the program's."""
+    failed = next((t for t in result.tests or [] if not t.passed and t.error is not None), None)
+    return failed.error if failed is not None else result.error
+
+
 def _describe(result: JobResult) -> tuple[bool, str, str | None]:
-    if result.status is JobStatus.OK:
+    # Passed only when the harness ran and reported every test passing: a program that exits
+    # before its tests (os._exit(0) in the solution) gets no verdict, and so never passes.
+    tests = result.tests or []
+    if result.status is JobStatus.OK and tests and all(t.passed for t in tests):
         return True, "passed", None
-    if result.status is JobStatus.TIMEOUT:
+    if result.status is JobStatus.TIMEOUT or any(t.status == "timeout" for t in tests):
         return False, "timed out", "timed out"
-    if result.error is not None:
-        detail = f"{result.error.name}: {result.error.value}".rstrip(": ")
-        failing = next((line.strip() for line in reversed(result.error.traceback) if "assert" in line), None)
-        if result.error.name == "AssertionError" and failing:
+    error = _failure(result)
+    if error is not None:
+        detail = f"{error.name}: {error.value}".rstrip(": ")
+        failing = next((line.strip() for line in reversed(error.traceback) if "assert" in line), None)
+        if error.name == "AssertionError" and failing:
             detail = f"AssertionError: {failing}"
         return False, f"failed: {detail}", detail
-    return False, f"failed: {result.status.value}", result.message or result.status.value
+    reason = result.message or ("no test verdict" if result.status is JobStatus.OK else result.status.value)
+    return False, f"failed: {reason}", reason
 
 
 def evaluate(
@@ -90,7 +101,17 @@ def evaluate(
     jobs = []
     for i, sample in enumerate(samples):
         problem = problems[sample["task_id"]]
-        jobs.append({"id": str(i), "code": problem.program(sample), "timeout_s": timeout_s, "memory_mb": memory_mb})
+        # The tests run in the batch harness, which reports a verdict only once they ran: a
+        # solution cannot pass by ending the program before them.
+        jobs.append(
+            {
+                "id": str(i),
+                "code": problem.solution(sample),
+                "tests": {"assertions": problem.test_program},
+                "timeout_s": timeout_s,
+                "memory_mb": memory_mb,
+            }
+        )
     results: list[SampleResult | None] = [None] * len(samples)
     bar = progress_bar(len(jobs), unit="sample", enabled=progress)
     for batch_result in client.batch_stream(jobs):
@@ -98,7 +119,8 @@ def evaluate(
         passed, text, error = _describe(batch_result)
         fb = None
         if feedback is not None and not passed:
-            fb = render_feedback(batch_result.to_execution(), style=feedback)
+            shown = batch_result.model_copy(update={"error": _failure(batch_result)})
+            fb = render_feedback(shown.to_execution(), style=feedback)
         results[i] = SampleResult(
             task_id=samples[i]["task_id"],
             index=i,

@@ -21,15 +21,19 @@ class Problem:
     setup: str = ""  # imports/set-up run before the solution (MBPP)
     style: str = "humaneval"  # "humaneval": prompt + completion is the solution; "mbpp": completion alone
 
-    def program(self, sample: dict[str, Any]) -> str:
-        """The whole program for one sample: solution, then the tests."""
+    def solution(self, sample: dict[str, Any]) -> str:
+        """The sample's code as it runs before the tests (set-up included)."""
         if sample.get("solution"):
             solution = str(sample["solution"])
         elif self.style == "humaneval":
             solution = self.prompt + str(sample.get("completion", ""))
         else:
             solution = str(sample.get("completion", ""))
-        return f"{self.setup}\n{solution}\n\n{self.test_program}\n"
+        return f"{self.setup}\n{solution}\n"
+
+    def program(self, sample: dict[str, Any]) -> str:
+        """The whole program for one sample: solution, then the tests."""
+        return f"{self.solution(sample)}\n{self.test_program}\n"
 
 
 def load_humaneval(path: str | None = None) -> dict[str, Problem]:
