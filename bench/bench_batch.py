@@ -17,11 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.support
+sys.path.insert(0, str(Path(__file__).parent))  # _util
+from tests.support.server import local_server
+
 from _util import header, pct, summary_ms
 from execbox import Client
 from execbox.evals import evaluate, load_humaneval
-from execbox_server.testing import local_server
 
 TRIVIAL_N = int(os.environ.get("BENCH_TRIVIAL_N", "10000"))
 SPAWN_N = int(os.environ.get("BENCH_SPAWN_N", "300"))

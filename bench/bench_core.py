@@ -23,13 +23,15 @@ from pathlib import Path
 import httpx
 import jupyter_client
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.support
+sys.path.insert(0, str(Path(__file__).parent))  # _util
+from tests.support.server import local_server
+
 from _util import header, pct, summary_ms
 from execbox import Client
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
 from execbox_server.settings import Settings
-from execbox_server.testing import local_server
 
 WARM_N = int(os.environ.get("BENCH_WARM_N", "30"))
 COLD_N = int(os.environ.get("BENCH_COLD_N", "8"))

@@ -12,10 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.support
+sys.path.insert(0, str(Path(__file__).parent))  # _util
+from tests.support.loadgen import run_load
+from tests.support.server import local_server
+
 from _util import header, summary_ms
-from execbox_server.loadgen import run_load
-from execbox_server.testing import local_server
 
 SESSIONS = int(os.environ.get("BENCH_LOAD_SESSIONS", "50"))
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from execbox_server.testing import LocalServer, start_server
+from tests.support.server import LocalServer, start_server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,7 @@ from execbox import Client
 from execbox.agent import AgentConfig, extract_code, run_agent
 from execbox.llm import ChatClient
 from execbox.synth import UserSimulator, synthesize
-from execbox_server.fake_llm import fake_llm
+from tests.support.fake_llm import fake_llm
 
 TASK = "Write a function that returns the n-th Fibonacci number and test it."
 SCRIPT = {

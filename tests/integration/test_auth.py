@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from execbox import AuthenticationError, Client, SessionNotFoundError
-from execbox_server.testing import LocalServer, start_server
+from tests.support.server import LocalServer, start_server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from execbox import Client
-from execbox_server.testing import free_port
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -137,7 +137,7 @@ def test_execbox_format_labels_sections_and_counts_cuts(client: Client) -> None:
 
 def test_cli_eval_generates_samples_from_a_model_endpoint_then_evaluates(url: str, tmp_path: Path) -> None:
     from execbox.evals.generate import INSTRUCTION
-    from execbox_server.fake_llm import fake_llm
+    from tests.support.fake_llm import fake_llm
 
     problems = load_humaneval()
     script = {}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from execbox import Client, ServiceUnavailableError
-from execbox_server.testing import LocalServer, start_server
+from tests.support.server import LocalServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

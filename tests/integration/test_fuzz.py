@@ -8,8 +8,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from execbox_server.testing import start_server
 from tests.conftest import execbox_containers, instance_of
+from tests.support.server import start_server
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import requests
 
-from execbox_server.testing import LocalServer, start_server
+from tests.support.server import LocalServer, start_server
 
 KEY_A = {"Authorization": "Bearer key-a"}
 KEY_B = {"Authorization": "Bearer key-b"}

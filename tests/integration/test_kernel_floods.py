@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from execbox_server.testing import start_server
+from tests.support.server import start_server
 
 # Code that sends signed messages on the kernel's IOPub socket as fast as it can, for
 # ``seconds``; ``{kind}`` picks what is sent. None of them is output the old service counted.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from execbox_server.loadgen import run_load
-from execbox_server.testing import start_server
+from tests.support.loadgen import run_load
+from tests.support.server import start_server
 
 
 def rss_mib(pid: int) -> float:

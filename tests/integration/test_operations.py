@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from execbox import Client, InvalidRequestError, NotFoundError
-from execbox_server.testing import LocalServer, start_server
 from tests.conftest import execbox_containers, instance_of
+from tests.support.server import LocalServer, start_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from execbox_server.fake_llm import fake_llm
+from tests.support.fake_llm import fake_llm
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "execbox" in b]

@@ -78,7 +78,7 @@ def fake_llm(
         server.server_close()
 
 
-if __name__ == "__main__":  # a demo endpoint: python -m execbox_server.fake_llm SCRIPT.json
+if __name__ == "__main__":  # a demo endpoint: python -m tests.support.fake_llm SCRIPT.json
     import sys
 
     with open(sys.argv[1]) as fh, fake_llm(json.load(fh)) as (url, _):

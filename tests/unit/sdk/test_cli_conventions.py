@@ -43,7 +43,12 @@ def one_shot(status: str, **fields: Any) -> Handler:
 
 def batch_service(request: httpx.Request) -> httpx.Response:
     jobs = json.loads(request.content)["jobs"]
-    lines = [{"type": "result", "index": i, "status": "ok", "stdout": HOSTILE} for i in range(len(jobs))]
+    # A service whose harness ran every job's tests and saw them pass.
+    passed = [{"index": 0, "passed": True, "status": "passed"}]
+    lines = [
+        {"type": "result", "index": i, "status": "ok", "stdout": HOSTILE, "tests": passed if job.get("tests") else None}
+        for i, job in enumerate(jobs)
+    ]
     lines.append({"type": "summary", "total": len(jobs), "by_status": {"ok": len(jobs)}, "wall_ms": 1.0})
     return httpx.Response(200, content="".join(json.dumps(line) + "\n" for line in lines).encode())
 
