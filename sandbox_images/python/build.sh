@@ -13,6 +13,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# The batch worker protocol, one module for the service and the fork server: the image carries it.
+protocol=$(cd "$here/../.." && pwd)/service/execbox_server/worker_protocol.py
 image=${EXECBOX_IMAGE:-execbox-sandbox-python:latest}
 registry_base=${EXECBOX_REGISTRY_BASE:-python:3.11-slim}
 offline_base=${EXECBOX_OFFLINE_BASE:-execbox-base-bookworm:latest}
@@ -43,7 +45,7 @@ lock="$here/requirements-$(uname -m).lock"
 log() { printf '[images] %s\n' "$*" >&2; }
 
 # Inputs that define the image; the image carries their hash as a label.
-inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py 2>/dev/null | sha256sum | cut -c1-16)
+inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py "$protocol" 2>/dev/null | sha256sum | cut -c1-16)
 if [ "${1:-}" = --inputs-hash ]; then echo "$inputs_hash"; exit 0; fi
 
 choose_base() {
@@ -108,7 +110,7 @@ download_wheels() {
 prepare_context() {
   local ctx=$1
   mkdir -p "$ctx"
-  cp "$here"/Dockerfile "$here"/*.py "$ctx"/
+  cp "$here"/Dockerfile "$here"/*.py "$protocol" "$ctx"/
   # The image installs requirements.lock: the hash-pinned lock when there is one (pip then
   # checks every wheel's hash), else the plain list.
   if [ -f "$lock" ]; then cp "$lock" "$ctx/requirements.lock"; else cp "$here/requirements.txt" "$ctx/requirements.lock"; fi

@@ -22,9 +22,10 @@ SysV IPC tables — is empty. If not, a **cleaner** forked by the zygote as the 
 every process of that user at once (``kill(-1)``: atomic, a fork bomb cannot outrun it) and
 empties them. A worker that cannot be made clean says so (``retire``) and serves no other job.
 
-Protocol (the host's side is ``service/execbox_server/batch.py``): newline-delimited JSON on a
-unix socket; one request line in, one result line out, in order, one client at a time. See
-``JobRequest`` and ``JobResult`` below.
+Protocol: ``worker_protocol.py`` beside this file, the very module the host's side
+(``service/execbox_server/batch.py``) imports as ``execbox_server.worker_protocol`` — the image
+build copies it here. Newline-delimited JSON on a unix socket; one request line in, one answer
+line out, in order, one client at a time.
 """
 
 from __future__ import annotations
@@ -47,7 +48,24 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, NoReturn, TypedDict
+
+# Beside this file in the image (/opt/execbox, on sys.path as the script's directory).
+from worker_protocol import (
+    ErrorRecord,
+    JobReport,
+    JobRequest,
+    JobStatusName,
+    JobTests,
+    Ping,
+    ProtocolError,
+    TestRecord,
+    decode_request,
+    encode_pong,
+    encode_report,
+    refusal,
+)
 
 SANDBOX_UID = 90000  # the image's sandbox user (Dockerfile); no host user has it
 SOCKET_PATH = os.environ.get("EXECBOX_FORK_SOCKET", "/kernel/fork.sock")
@@ -71,63 +89,12 @@ REPORT_TIMEOUT_S = 5.0  # after its exit or SIGKILL a job is reaped by then, or 
 # ----------------------------------------------------------------------------- protocol
 
 
-class TestsRequest(TypedDict, total=False):
-    entry_point: str | None
-    cases: list[dict[str, Any]] | None  # {"input": ..., "expected": ...}
-    assertions: str | None
-    per_test_timeout_s: float | None
-    stop_on_first_failure: bool
-    atol: float
+class ChildError(TypedDict):
+    """An exception as a job reports it on its result pipe (the server cleans it: _clean_error)."""
 
-
-class JobRequest(TypedDict, total=False):
-    """A line from the host. ``{"op": "ping"}`` is answered with ``{"pong": true}``."""
-
-    op: str
-    id: str | None
-    code: str
-    stdin: str | None
-    timeout_s: float
-    memory_mb: int
-    max_output_bytes: int
-    tests: TestsRequest | None
-
-
-class ErrorRecord(TypedDict):
     name: str
     value: str
     traceback: list[str]
-
-
-class TestRecord(TypedDict):
-    """One test's verdict. The host adds the case's input and expected value (it has them)."""
-
-    index: int
-    passed: bool
-    status: str  # passed, failed, error, timeout, not_run
-    actual: Any
-    error: ErrorRecord | None
-    duration_ms: float
-
-
-class JobResult(TypedDict):
-    """A line to the host. Every text field together fits the job's ``max_output_bytes``."""
-
-    id: Any
-    status: str  # ok, error, timeout, out_of_memory, output_limit, crashed
-    stdout: str
-    stderr: str
-    error: ErrorRecord | None
-    value: str | None
-    exit_code: int | None
-    signal: str | None
-    wall_ms: float
-    cpu_ms: float
-    peak_memory_bytes: int
-    truncated: bool
-    tests: list[TestRecord] | None
-    message: str | None
-    retire: bool  # this worker could not be made clean: it runs no further job
 
 
 class ChildTests(TypedDict):
@@ -149,9 +116,9 @@ class ChildJob(TypedDict):
 
 # Child -> server records, one JSON line each on the result pipe:
 #   {"kind": "value", "text": str}
-#   {"kind": "error", "error": ErrorRecord}
+#   {"kind": "error", "error": ChildError}
 #   {"kind": "test", "index": int, "status": "returned" | "passed" | "failed" | "error" | "timeout",
-#    "actual": Any, "error": ErrorRecord | None, "duration_ms": float}
+#    "actual": Any, "error": ChildError | None, "duration_ms": float}
 # The job's own code can write to that pipe too: the server trusts nothing in a record beyond
 # what the job could have produced honestly (a case passes only if its actual value equals the
 # expected one, which the job never had).
@@ -303,7 +270,7 @@ def _print_exc(exc: BaseException) -> None:
     traceback.print_exception(type(exc), exc, _user_tb(exc), file=sys.stderr)
 
 
-def _error_record(exc: BaseException, limit: int) -> ErrorRecord:
+def _error_record(exc: BaseException, limit: int) -> ChildError:
     try:
         lines = traceback.format_exception(type(exc), exc, _user_tb(exc))
         flat = "".join(lines).splitlines()
@@ -432,7 +399,7 @@ def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
     return 0  # the program ran; each outcome says whether its test passed
 
 
-def _timeout_error(per_test: float) -> ErrorRecord:
+def _timeout_error(per_test: float) -> ChildError:
     return {"name": "TimeoutError", "value": f"over {per_test}s", "traceback": []}
 
 
@@ -742,15 +709,15 @@ class _Budget:
     def error(self, error: ErrorRecord | None) -> ErrorRecord | None:
         if error is None:
             return None
-        name = self.text(error["name"])
-        value = self.text(error["value"])
+        name = self.text(error.name)
+        value = self.text(error.value)
         lines = []
-        for line in error["traceback"]:
+        for line in error.traceback:
             if self.left <= 0:
                 self.cut = True
                 break
             lines.append(self.text(line))
-        return {"name": name, "value": value, "traceback": lines}
+        return ErrorRecord(name=name, value=value, traceback=tuple(lines))
 
 
 def _clean_error(raw: Any, limit: int) -> ErrorRecord | None:
@@ -766,11 +733,11 @@ def _clean_error(raw: Any, limit: int) -> ErrorRecord | None:
         if isinstance(line, str):
             kept.append(line[:room])
             room -= len(kept[-1])
-    return {
-        "name": name[:limit] if isinstance(name, str) and name else "Error",
-        "value": value[:limit] if isinstance(value, str) else "",
-        "traceback": kept,
-    }
+    return ErrorRecord(
+        name=name[:limit] if isinstance(name, str) and name else "Error",
+        value=value[:limit] if isinstance(value, str) else "",
+        traceback=tuple(kept),
+    )
 
 
 def _equal(actual: Any, expected: Any, atol: float) -> bool:
@@ -787,13 +754,12 @@ def _equal(actual: Any, expected: Any, atol: float) -> bool:
 class _Verdicts:
     """Test outcomes as the job reports them, judged here against values the job never saw."""
 
-    def __init__(self, tests: TestsRequest, limit: int) -> None:
-        self.assertions = bool(tests.get("assertions"))
-        cases = tests.get("cases") or []
-        self.expected = [case.get("expected") if isinstance(case, dict) else None for case in cases]
-        self.count = 1 if self.assertions else len(self.expected)
-        self.stop_first = bool(tests.get("stop_on_first_failure", True))
-        self.atol = float(tests.get("atol") or 1e-6)
+    def __init__(self, tests: JobTests, limit: int) -> None:
+        self.assertions = bool(tests.assertions)
+        self.expected = [case.expected for case in tests.cases or ()]
+        self.count = tests.count
+        self.stop_first = tests.stop_on_first_failure
+        self.atol = tests.atol or 1e-6
         self.limit = limit
         self.kept = 0  # bytes of actual values kept for the response (the rest is judged, not kept)
         self.outcomes: dict[int, TestRecord] = {}
@@ -806,7 +772,7 @@ class _Verdicts:
             return False
         if self.first_failure is not None and index > self.first_failure:
             return False
-        status = record.get("status")
+        status: Any = record.get("status")  # the job's word: only the values checked below pass
         actual = record.get("actual")
         if self.assertions:
             if status not in ("passed", "failed", "timeout"):
@@ -828,14 +794,14 @@ class _Verdicts:
         self.kept += size if actual is not None else 0
         duration = record.get("duration_ms")
         ok_duration = isinstance(duration, int | float) and math.isfinite(duration) and duration >= 0
-        self.outcomes[index] = {
-            "index": index,
-            "passed": passed,
-            "status": str(status),
-            "actual": actual,
-            "error": _clean_error(record.get("error"), self.limit + 1),
-            "duration_ms": float(duration) if ok_duration else 0.0,  # type: ignore[arg-type]
-        }
+        self.outcomes[index] = TestRecord(
+            index=index,
+            passed=passed,
+            status=status,
+            actual=actual,
+            error=_clean_error(record.get("error"), self.limit + 1),
+            duration_ms=float(duration) if ok_duration else 0.0,  # type: ignore[arg-type]
+        )
         if not passed and self.stop_first and self.first_failure is None:
             self.first_failure = index
             return True
@@ -858,7 +824,7 @@ class _Verdicts:
 
 
 def _not_run(index: int) -> TestRecord:
-    return {"index": index, "passed": False, "status": "not_run", "actual": None, "error": None, "duration_ms": 0.0}
+    return TestRecord(index=index, passed=False, status="not_run")
 
 
 class _Records:
@@ -871,8 +837,7 @@ class _Records:
         self.total = 0
         self.error: ErrorRecord | None = None
         self.value: str | None = None
-        tests = job.get("tests")
-        self.verdicts = _Verdicts(tests, limit) if isinstance(tests, dict) else None
+        self.verdicts = _Verdicts(job.tests, limit) if job.tests is not None else None
         self.stop = False  # the first failing test was seen and the job asked to stop there
 
     def feed(self, data: bytes) -> None:
@@ -916,21 +881,18 @@ def _number(value: Any, default: float, low: float, high: float) -> float:
 
 
 def _child_job(job: JobRequest, timeout: float, memory: int, limit: int) -> ChildJob:
-    tests = job.get("tests")
+    tests = job.tests
     child_tests: ChildTests | None = None
-    if isinstance(tests, dict):
-        cases = tests.get("cases") or []
-        per_test = _number(tests.get("per_test_timeout_s"), timeout, 0.001, 86400.0)
+    if tests is not None:
         child_tests = {
-            "entry_point": tests.get("entry_point") if isinstance(tests.get("entry_point"), str) else None,
+            "entry_point": tests.entry_point,
             # Inputs only: the expected values stay here, out of the job's reach.
-            "inputs": [case.get("input") if isinstance(case, dict) else None for case in cases],
-            "assertions": tests.get("assertions") if isinstance(tests.get("assertions"), str) else None,
-            "per_test_timeout_s": per_test,
+            "inputs": [case.input for case in tests.cases or ()],
+            "assertions": tests.assertions,
+            "per_test_timeout_s": _number(tests.per_test_timeout_s, timeout, 0.001, 86400.0),
         }
-    code = job.get("code")
     return {
-        "code": code if isinstance(code, str) else "",
+        "code": job.code,
         "timeout_s": timeout,
         "memory_mb": memory,
         "limit": limit,
@@ -972,13 +934,12 @@ class _Server:
         self.zygote.clean()
         return _leftovers(self.protected)
 
-    def run_job(self, job: JobRequest) -> JobResult:
-        timeout = _number(job.get("timeout_s"), 10.0, 0.001, 86400.0)
-        memory = int(_number(job.get("memory_mb"), 0, 0, 1 << 20))
-        limit = int(_number(job.get("max_output_bytes"), 1_048_576, 1024, 1 << 30))
+    def run_job(self, job: JobRequest) -> JobReport:
+        timeout = _number(job.timeout_s, 10.0, 0.001, 86400.0)
+        memory = int(_number(job.memory_mb, 0, 0, 1 << 20))
+        limit = int(_number(job.max_output_bytes, 1_048_576, 1024, 1 << 30))
         hard_limit = 8 * limit
-        stdin_text = job.get("stdin")
-        stdin = stdin_text.encode("utf-8", "replace") if isinstance(stdin_text, str) else b""
+        stdin = job.stdin.encode("utf-8", "replace") if job.stdin is not None else b""
         records = _Records(job, limit)
 
         job_fd = os.memfd_create("job", os.MFD_CLOEXEC)
@@ -1007,7 +968,7 @@ class _Server:
             in_w = -1
         caps = {out_r: _Cap(limit // 2), err_r: _Cap(limit // 4)}
         open_fds = {out_r, err_r, res_r}
-        status: str | None = None
+        status: JobStatusName | None = None
         stopped = False  # by us, at the first failing test
         deadline = started + timeout
         # The pidfd is readable once the job's process exits: a daemon it left holding the
@@ -1098,7 +1059,7 @@ class _Server:
         if status is None:
             if stopped or exit_code == 0:
                 status = "ok"
-            elif error is not None and error["name"] == "MemoryError":
+            elif error is not None and error.name == "MemoryError":
                 status = "out_of_memory"
             elif signame == "SIGKILL" and _oom_kills() > oom_before:
                 status = "out_of_memory"  # the container's OOM killer ended it: counted, not guessed
@@ -1123,53 +1084,51 @@ class _Server:
         budget = _Budget(limit)
         stdout, out_dropped = caps[out_r].text()
         stderr, err_dropped = caps[err_r].text()
-        result: JobResult = {
-            "id": job.get("id"),
-            "status": status,
-            "stdout": budget.text(stdout),
-            "stderr": budget.text(stderr),
-            "error": budget.error(error),
-            "value": budget.text(records.value) if records.value is not None else None,
-            "exit_code": exit_code,
-            "signal": signame,
-            "wall_ms": round(wall * 1000, 3),
-            "cpu_ms": round(cpu_s * 1000, 3),
-            "peak_memory_bytes": peak,
-            "truncated": False,
-            "tests": None,
-            "message": message,
-            "retire": left is not None,
-        }
+        # Spent in the order of the report's fields: the output first, test values last.
+        stdout, stderr = budget.text(stdout), budget.text(stderr)
+        error = budget.error(error)
+        value = budget.text(records.value) if records.value is not None else None
+        tests = None
         if verdicts is not None:
-            tests = verdicts.report()
-            for outcome in tests:
-                outcome["error"] = budget.error(outcome["error"])
-                outcome["actual"] = budget.json(outcome["actual"])
-            result["tests"] = tests
-        result["truncated"] = bool(out_dropped or err_dropped or budget.cut)
+            tests = tuple(
+                replace(outcome, error=budget.error(outcome.error), actual=budget.json(outcome.actual))
+                for outcome in verdicts.report()
+            )
         if left is not None:
             print(f"forkserver: worker not clean after a job ({left}); retiring", file=sys.stderr, flush=True)
-        return result
+        return JobReport(
+            status=status,
+            stdout=stdout,
+            stderr=stderr,
+            error=error,
+            value=value,
+            exit_code=exit_code,
+            signal=signame,
+            wall_ms=round(wall * 1000, 3),
+            cpu_ms=round(cpu_s * 1000, 3),
+            peak_memory_bytes=peak,
+            truncated=bool(out_dropped or err_dropped or budget.cut),
+            tests=tests,
+            message=message,
+            retire=left is not None,
+        )
 
 
-def _answer(server: _Server, line: bytes) -> tuple[dict[str, Any], bool]:
-    """The result for one request line, and whether this worker must stop serving."""
+def _answer(server: _Server, line: bytes) -> tuple[bytes, bool]:
+    """The answer to one request line, and whether this worker must stop serving."""
     try:
-        job = json.loads(line)
-    except (ValueError, RecursionError):
-        job = None
-    if not isinstance(job, dict):
-        error: ErrorRecord = {"name": "ValueError", "value": "the request was not a JSON object", "traceback": []}
-        return {"id": None, "status": "error", "error": error, "stdout": "", "stderr": ""}, False
-    if job.get("op") == "ping":
-        return {"id": job.get("id"), "pong": True}, False
+        request = decode_request(line)
+    except ProtocolError as exc:  # another version of the service, or a broken line: run nothing
+        return encode_report(refusal(str(exc))), False
+    if isinstance(request, Ping):
+        return encode_pong(), False  # with this worker's version, whatever the ping's
     try:
-        result = server.run_job(job)  # type: ignore[arg-type]
+        report = server.run_job(request)
     except Exception as exc:  # the zygote is gone, or a bug here: this worker's state is unknown
         traceback.print_exc()
         message = f"the batch worker broke while running this job ({exc!r:.500}) and was replaced"
-        return {"id": job.get("id"), "status": "crashed", "stdout": "", "stderr": "", "message": message}, True
-    return dict(result), bool(result["retire"])
+        report = JobReport(status="crashed", message=message, retire=True)
+    return encode_report(report), report.retire
 
 
 def main() -> None:
@@ -1202,8 +1161,8 @@ def main() -> None:
         conn, _ = listener.accept()
         with conn, conn.makefile("rwb") as stream:
             for line in stream:
-                result, retire = _answer(server, line)
-                stream.write((json.dumps(result) + "\n").encode("utf-8", "replace"))
+                answer, retire = _answer(server, line)
+                stream.write(answer)
                 stream.flush()
                 if retire:
                     # Requests already sent stay unanswered: the host sees the flag and the

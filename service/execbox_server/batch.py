@@ -7,10 +7,13 @@ two API keys: a worker belongs to the first key that uses it and is destroyed, n
 when another key needs the slot. A worker that stops answering or drops its connection is
 destroyed and replaced; its job is reported as ``crashed`` with the reason.
 
-What a worker sends back is parsed as hostile input (:func:`parse_result`): a field of the wrong
-type or a broken line makes that job ``crashed`` and the worker is replaced; every byte of a
-result — output, error, value, test values — is counted against the job's ``max_output_bytes``;
-a test-mode job whose harness did not report every test fails, whatever its exit code said.
+The worker protocol is :mod:`execbox_server.worker_protocol`, a module the sandbox image carries
+too. What a worker sends back is hostile input (:func:`parse_result`): a line the protocol's
+decoder refuses makes that job ``crashed`` and the worker is replaced; every byte of a result —
+output, error, value, test values — is counted against the job's ``max_output_bytes``; a
+test-mode job whose harness did not report every test fails, whatever its exit code said. The
+API's models and the protocol's records meet in two functions only: :func:`job_request` and
+:func:`job_result`.
 """
 
 from __future__ import annotations
@@ -19,27 +22,38 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from execbox._models import BatchJob, BatchResult, BatchSummary, ExecutionError, JobStatus, TestOutcome
+from execbox._models import BatchJob, BatchSummary, ExecutionError, JobResult, JobStatus, TestOutcome
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend, ForkWorker
 from execbox_server.errors import PoolClosed, PoolExhausted
 from execbox_server.limits import ResolvedJob
 from execbox_server.observability import Metrics
 from execbox_server.settings import Settings
+from execbox_server.worker_protocol import (
+    Case,
+    ErrorRecord,
+    JobReport,
+    JobRequest,
+    JobTests,
+    ProtocolError,
+    TestRecord,
+    decode_report,
+    encode_request,
+    outcome_count,
+)
 
-__all__ = ["BatchRunner", "ParsedResult", "parse_result"]
+__all__ = ["BatchRunner", "ParsedResult", "job_request", "job_result", "parse_result"]
 
 log = logging.getLogger("execbox.batch")
 
 # Called with each job's result as it completes (not the SDK's per-execution callbacks).
-OnJobResult = Callable[[BatchResult], Awaitable[None]]
+OnJobResult = Callable[[JobResult], Awaitable[None]]
 
 # Beyond a job's own timeout, the worker needs a moment to kill, sweep and answer.
 WORKER_MARGIN_S = 10.0
@@ -121,7 +135,7 @@ class BatchRunner:
             queue.put_nowait(item)
         counts: dict[str, int] = {}
 
-        async def emit(result: BatchResult) -> None:
+        async def emit(result: JobResult) -> None:
             counts[result.status.value] = counts.get(result.status.value, 0) + 1
             self._metrics.batch_jobs.labels(result.status.value).inc()
             await on_result(result)
@@ -217,18 +231,7 @@ class BatchRunner:
                     await asyncio.shield(self._release(worker))
 
     def _send(self, worker: ForkWorker, index: int, resolved: ResolvedJob) -> None:
-        job, limits = resolved.job, resolved.limits
-        payload = {
-            "id": job.id,
-            "code": job.code,
-            "stdin": job.stdin,
-            "timeout_s": limits.timeout_s,
-            "memory_mb": limits.memory_mb,
-            "max_output_bytes": limits.max_output_bytes,
-            # The worker keeps the expected values to itself: the job's process never gets them.
-            "tests": job.tests.model_dump() if job.tests is not None else None,
-        }
-        worker.writer.write(json.dumps(payload).encode() + b"\n")
+        worker.writer.write(encode_request(job_request(resolved)))
 
     # ------------------------------------------------------------------ workers
 
@@ -304,17 +307,11 @@ class BatchRunner:
 class ParsedResult:
     """A job's result as the API returns it, and whether its worker may run more jobs."""
 
-    result: BatchResult
+    result: JobResult
     worker_ok: bool = True
     reason: str | None = None  # why the worker may not
 
 
-class _Malformed(Exception):
-    """The worker sent something no sound fork server sends."""
-
-
-# Statuses a worker may give a test; ``not_run``: the harness never reported it.
-_TEST_STATUSES = frozenset({"passed", "failed", "error", "timeout", "not_run"})
 _MAX_DEPTH = 64  # nesting of a test value in a response (pydantic serializes deeper ones poorly)
 _MAX_MESSAGE = 2000
 
@@ -322,48 +319,69 @@ _MAX_MESSAGE = 2000
 def parse_result(index: int, job: BatchJob, line: bytes, *, limit: int) -> ParsedResult:
     """One result line from a worker, as hostile input: never raises.
 
-    Wrong types, unknown statuses, a test list that does not match the job's tests or a line that
-    is not JSON make the job ``crashed`` (with the reason) and the worker untrusted. Every text
-    and value that reaches the response is counted against ``limit`` (the job's
-    ``max_output_bytes``) and cut beyond it; ``truncated`` says so.
+    A line the protocol's decoder refuses (wrong types, unknown statuses, a test list that does not
+    match the job's tests, not JSON) makes the job ``crashed`` (with the reason) and the worker
+    untrusted. Every text and value that reaches the response is counted against ``limit`` (the
+    job's ``max_output_bytes``) and cut beyond it; ``truncated`` says so.
     """
+    spec = job.tests
+    count = None if spec is None else outcome_count(assertions=bool(spec.assertions), cases=len(spec.cases or []))
     try:
-        raw = json.loads(line)
-        if not isinstance(raw, dict):
-            raise _Malformed("the result is not a JSON object")
-        result = _build(index, job, raw, limit)
-    except Exception as exc:  # whatever a worker sends, the batch goes on
+        report = decode_report(line, tests=count)
+    except ProtocolError as exc:
         reason = f"the batch worker sent a malformed result ({str(exc)[:300]}); the worker was replaced"
         return ParsedResult(_failed(index, job, reason), worker_ok=False, reason=reason)
-    if raw.get("retire") is True:
+    result = job_result(index, job, report, limit=limit)
+    if report.retire:
         return ParsedResult(result, worker_ok=False, reason="the worker could not be made clean after this job")
     return ParsedResult(result)
 
 
-def _build(index: int, job: BatchJob, raw: dict[str, Any], limit: int) -> BatchResult:
-    try:
-        status = JobStatus(_field(raw, "status", str))
-    except ValueError as exc:
-        raise _Malformed(f"unknown status {str(raw.get('status'))[:50]!r}") from exc
-    budget = _Budget(limit)
-    stdout = budget.text(_field(raw, "stdout", str, ""))
-    stderr = budget.text(_field(raw, "stderr", str, ""))
-    error = budget.error(_error(raw.get("error")))
-    value = _field(raw, "value", str, None)
-    value = budget.text(value) if value is not None else None
-    exit_code = _field(raw, "exit_code", int, None)
-    if exit_code is not None and not -(2**31) <= exit_code < 2**31:
-        raise _Malformed("exit_code out of range")
-    signal_name = _field(raw, "signal", str, None)
-    if signal_name is not None and (len(signal_name) > 16 or not signal_name.isascii() or not signal_name.isalnum()):
-        raise _Malformed("a signal name that is no signal name")
-    tests = _tests(job, raw.get("tests"), budget)
-    message = _field(raw, "message", str, None)
+# ---------------------------------------------------------------------- API models <-> worker records
+
+
+def job_request(resolved: ResolvedJob) -> JobRequest:
+    """What a worker is sent for one job of a batch."""
+    job, limits, spec = resolved.job, resolved.limits, resolved.job.tests
+    tests = None
+    if spec is not None:
+        tests = JobTests(
+            entry_point=spec.entry_point,
+            # The worker keeps the expected values to itself: the job's process never gets them.
+            cases=None if spec.cases is None else tuple(Case(c.input, c.expected) for c in spec.cases),
+            assertions=spec.assertions,
+            per_test_timeout_s=spec.per_test_timeout_s,
+            stop_on_first_failure=spec.stop_on_first_failure,
+            atol=spec.atol,
+        )
+    return JobRequest(
+        code=job.code,
+        stdin=job.stdin,
+        timeout_s=limits.timeout_s,
+        memory_mb=limits.memory_mb,
+        max_output_bytes=limits.max_output_bytes,
+        tests=tests,
+    )
+
+
+def job_result(index: int, job: BatchJob, report: JobReport, *, limit: int) -> JobResult:
+    """A worker's report as the API returns it: within ``limit`` bytes, with each test's case.
+
+    ``report`` comes from :func:`decode_report` for this ``job``, so its tests match the job's.
+    """
+    status = JobStatus(report.status)
+    budget = _Budget(limit)  # spent in the order the fields appear in the response
+    stdout = budget.text(report.stdout)
+    stderr = budget.text(report.stderr)
+    error = budget.error(report.error)
+    value = budget.text(report.value) if report.value is not None else None
+    tests = None if report.tests is None else [_test_outcome(job, t, budget) for t in report.tests]
+    message = report.message
     if tests is not None and status is JobStatus.OK and _harness_incomplete(job, tests):
         # Defence in depth: the worker already says so; a job that ends before its tests never passes.
         status = JobStatus.ERROR
         message = "the program ended before the test harness reported every test; the missing ones count as failed"
-    return BatchResult(
+    return JobResult(
         index=index,
         id=job.id,
         status=status,
@@ -371,84 +389,30 @@ def _build(index: int, job: BatchJob, raw: dict[str, Any], limit: int) -> BatchR
         stderr=stderr,
         error=error,
         value=value,
-        exit_code=exit_code,
-        signal=signal_name,
-        wall_ms=_number(raw, "wall_ms") or 0.0,
-        cpu_ms=_number(raw, "cpu_ms"),
-        peak_memory_bytes=_field(raw, "peak_memory_bytes", int, None),
-        truncated=_field(raw, "truncated", bool, False) or budget.cut,
+        exit_code=report.exit_code,
+        signal=report.signal,
+        wall_ms=report.wall_ms,
+        cpu_ms=report.cpu_ms,
+        peak_memory_bytes=report.peak_memory_bytes,
+        truncated=report.truncated or budget.cut,
         tests=tests,
-        message=message[:_MAX_MESSAGE] if message else _message(status, signal_name),
+        message=message[:_MAX_MESSAGE] if message else _message(status, report.signal),
     )
 
 
-def _field(raw: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
-    """``raw[name]`` if it has type ``kind`` (bool is not an int here), ``default`` if absent or null."""
-    value = raw.get(name)
-    if value is None and default is not ...:
-        return default
-    if type(value) is not kind:
-        raise _Malformed(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
-    return value
-
-
-def _number(raw: dict[str, Any], name: str) -> float | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise _Malformed(f"{name} is not a finite non-negative number")
-    return float(value)
-
-
-def _error(raw: Any) -> ExecutionError | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise _Malformed("error is not an object")
-    lines = _field(raw, "traceback", list, [])
-    if not all(type(line) is str for line in lines):
-        raise _Malformed("a traceback line is not a string")
-    return ExecutionError(name=_field(raw, "name", str), value=_field(raw, "value", str, ""), traceback=lines)
-
-
-def _tests(job: BatchJob, raw: Any, budget: _Budget) -> list[TestOutcome] | None:
+def _test_outcome(job: BatchJob, record: TestRecord, budget: _Budget) -> TestOutcome:
     spec = job.tests
-    if spec is None:
-        if raw is not None:
-            raise _Malformed("tests for a job without tests")
-        return None
-    if raw is None:
-        raw = []  # the worker ran no harness at all (a crash before it): every test is missing
-    if not isinstance(raw, list):
-        raise _Malformed("tests is not a list")
-    cases = spec.cases or []
-    count = 1 if spec.assertions else len(cases)
-    if len(raw) > count:
-        raise _Malformed(f"{len(raw)} test outcomes for {count} tests")
-    outcomes = []
-    for i in range(count):
-        item = raw[i] if i < len(raw) else {"index": i, "passed": False, "status": "not_run"}
-        if not isinstance(item, dict) or _field(item, "index", int) != i:
-            raise _Malformed(f"test outcome {i} is not an object with index {i}")
-        passed = _field(item, "passed", bool)
-        status = _field(item, "status", str)
-        if status not in _TEST_STATUSES or passed != (status == "passed"):
-            raise _Malformed(f"test outcome {i} has status {status[:30]!r} and passed={passed}")
-        case = cases[i] if not spec.assertions else None
-        outcomes.append(
-            TestOutcome(
-                index=i,
-                passed=passed,
-                status=status,
-                error=budget.error(_error(item.get("error"))),
-                actual=budget.json(item.get("actual")),
-                input=budget.json(case.input) if case is not None else None,
-                expected=budget.json(case.expected) if case is not None else None,
-                duration_ms=_number(item, "duration_ms") or 0.0,
-            )
-        )
-    return outcomes
+    case = spec.cases[record.index] if spec is not None and spec.cases and not spec.assertions else None
+    return TestOutcome(
+        index=record.index,
+        passed=record.passed,
+        status=record.status,
+        error=budget.error(record.error),
+        actual=budget.json(record.actual),
+        input=budget.json(case.input) if case is not None else None,
+        expected=budget.json(case.expected) if case is not None else None,
+        duration_ms=record.duration_ms,
+    )
 
 
 def _harness_incomplete(job: BatchJob, tests: list[TestOutcome]) -> bool:
@@ -498,7 +462,7 @@ class _Budget:
             return value
         return self.text(text)
 
-    def error(self, error: ExecutionError | None) -> ExecutionError | None:
+    def error(self, error: ErrorRecord | None) -> ExecutionError | None:
         if error is None:
             return None
         name = self.text(error.name)
@@ -528,8 +492,8 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _failed(index: int, job: BatchJob, message: str) -> BatchResult:
-    return BatchResult(index=index, id=job.id, status=JobStatus.CRASHED, message=message)
+def _failed(index: int, job: BatchJob, message: str) -> JobResult:
+    return JobResult(index=index, id=job.id, status=JobStatus.CRASHED, message=message)
 
 
 def _message(status: JobStatus, signal_name: str | None) -> str | None:

@@ -18,9 +18,10 @@ import pytest
 from execbox._models import BatchJob, BatchResult, JobStatus
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend, ForkWorker
-from execbox_server.batch import BatchRunner, parse_result
+from execbox_server.batch import BatchRunner, job_request, parse_result
 from execbox_server.limits import batch_jobs
 from execbox_server.settings import Settings
+from execbox_server.worker_protocol import JobRequest, decode_request, encode_request
 
 CASES_JOB = BatchJob.model_validate(
     {
@@ -121,6 +122,31 @@ def test_a_sound_result_keeps_its_worker_and_gets_the_cases_from_the_request() -
     assert [(t.input, t.expected, t.actual) for t in result.tests or []] == [([1], 1, 1), ([2], 2, 2)]
 
 
+def test_the_request_carries_the_resolved_limits_and_the_cases_with_their_expected_values() -> None:
+    [resolved] = batch_jobs(Settings(batch_default_timeout_s=7.0), [CASES_JOB.model_copy(update={"stdin": "in"})])
+    request = decode_request(encode_request(job_request(resolved)))
+    assert isinstance(request, JobRequest) and request == job_request(resolved)
+    assert (request.code, request.stdin, request.timeout_s) == (CASES_JOB.code, "in", 7.0)
+    assert (request.memory_mb, request.max_output_bytes) == (
+        resolved.limits.memory_mb,
+        resolved.limits.max_output_bytes,
+    )
+    assert request.tests is not None and request.tests.count == 2
+    assert [(c.input, c.expected) for c in request.tests.cases or ()] == [([1], 1), ([2], 2)]
+    assert request.tests.entry_point == "f" and not request.tests.stop_on_first_failure
+
+
+def test_a_crashed_report_without_a_message_says_which_signal() -> None:
+    result = parse_result(0, PLAIN_JOB, line(ok_raw(status="crashed", signal="SIGSEGV", exit_code=-11)), limit=4096)
+    assert result.worker_ok and result.result.status is JobStatus.CRASHED
+    assert result.result.message == "the program was killed by SIGSEGV"
+
+
+def test_a_worker_message_is_kept_but_cut() -> None:
+    result = parse_result(0, PLAIN_JOB, line(ok_raw(status="crashed", message="m" * 5000)), limit=4096).result
+    assert result.message == "m" * 2000
+
+
 def test_a_retiring_worker_is_not_reused_but_its_result_stands() -> None:
     parsed = parse_result(0, PLAIN_JOB, line(ok_raw(stdout="1\n", retire=True)), limit=4096)
     assert not parsed.worker_ok and parsed.result.status is JobStatus.OK and parsed.result.stdout == "1\n"
@@ -196,14 +222,14 @@ class FakeWorkerBackend:
         self.scripts = scripts
         self.started: list[ForkWorker] = []
         self.destroyed: list[ForkWorker] = []
-        self.requests: list[list[dict[str, Any]]] = []
+        self.requests: list[list[JobRequest]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start_worker(self, spec: SandboxSpec) -> ForkWorker:
         script = self.scripts.pop(0) if self.scripts else []
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=64 * 1024 * 1024)  # as docker.py
-        seen: list[dict[str, Any]] = []
+        seen: list[JobRequest] = []
         self.requests.append(seen)
         self._tasks.append(asyncio.get_running_loop().create_task(self._serve(theirs, script, seen)))
         worker = ForkWorker(
@@ -216,16 +242,17 @@ class FakeWorkerBackend:
         self.started.append(worker)
         return worker
 
-    async def _serve(self, sock: socket.socket, script: list[bytes | None], seen: list[dict[str, Any]]) -> None:
+    async def _serve(self, sock: socket.socket, script: list[bytes | None], seen: list[JobRequest]) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         try:
             while True:
                 request = await reader.readline()
                 if not request:
                     return
-                job = json.loads(request)
+                job = decode_request(request)
+                assert isinstance(job, JobRequest)
                 seen.append(job)
-                reply = script.pop(0) if script else line(ok_raw(stdout=f"ran {job['id']}\n"))
+                reply = script.pop(0) if script else line(ok_raw(stdout=f"ran {job.code}\n"))
                 if reply is None:
                     return  # the worker exits without answering (what a retiring worker does)
                 writer.write(reply)
@@ -251,7 +278,8 @@ async def run_batch(backend: FakeWorkerBackend, n: int, **job: Any) -> list[Batc
     async def collect(result: BatchResult) -> None:
         results.append(result)
 
-    jobs = batch_jobs(settings, [BatchJob(id=f"j{i}", code="print(1)", **job) for i in range(n)])
+    # Each job's code is its id: the fake worker answers "ran <code>".
+    jobs = batch_jobs(settings, [BatchJob(id=f"j{i}", code=f"j{i}", **job) for i in range(n)])
     try:
         await asyncio.wait_for(runner.run(None, jobs, collect), 10)
     finally:
@@ -270,7 +298,7 @@ async def test_jobs_queued_in_a_retiring_worker_run_on_a_fresh_one() -> None:
         ("j2", JobStatus.OK, "ran j2\n"),
     ]
     assert backend.destroyed[0] is backend.started[0]
-    assert sorted(job["id"] for job in backend.requests[1]) == ["j1", "j2"]
+    assert sorted(job.code for job in backend.requests[1]) == ["j1", "j2"]
 
 
 async def test_a_worker_that_sends_garbage_is_replaced_and_the_batch_goes_on() -> None:
