@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from execbox._models import BatchJob, BatchSummary, ExecutionError, JobResult, JobStatus, TestOutcome
-from execbox_server.backends.base import SandboxSpec
-from execbox_server.backends.docker import DockerBackend, ForkWorker
+from execbox_server.backends.base import SandboxSpec, Worker, WorkerBackend
 from execbox_server.errors import PoolClosed, PoolExhausted
 from execbox_server.limits import ResolvedJob
 from execbox_server.observability import Metrics
@@ -63,11 +62,11 @@ PARSE_INLINE_BYTES = 256 * 1024  # larger result lines are parsed off the event 
 
 
 class BatchRunner:
-    def __init__(self, settings: Settings, backend: DockerBackend, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, backend: WorkerBackend[Any], *, metrics: Metrics | None = None) -> None:
         self._metrics = metrics or Metrics()
         self._settings = settings
         self._backend = backend
-        self._idle: list[ForkWorker] = []
+        self._idle: list[Worker] = []
         self._alive = 0
         self._changed = asyncio.Condition()
         self._closed = False
@@ -103,7 +102,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ batches
 
-    async def reserve(self, owner: str | None) -> ForkWorker:
+    async def reserve(self, owner: str | None) -> Worker:
         """A worker for a batch about to start, taken before any result is streamed.
 
         Raises:
@@ -119,7 +118,7 @@ class BatchRunner:
         on_result: OnJobResult,
         *,
         concurrency: int | None = None,
-        first: ForkWorker | None = None,
+        first: Worker | None = None,
     ) -> BatchSummary:
         """Run every job; ``on_result`` gets each result as it completes (completion order).
 
@@ -158,7 +157,7 @@ class BatchRunner:
         owner: str | None,
         queue: asyncio.Queue[tuple[int, ResolvedJob]],
         emit: OnJobResult,
-        worker: ForkWorker | None,
+        worker: Worker | None,
     ) -> None:
         """One worker's share of a batch: take jobs until the queue is empty.
 
@@ -230,12 +229,12 @@ class BatchRunner:
                 else:
                     await asyncio.shield(self._release(worker))
 
-    def _send(self, worker: ForkWorker, index: int, resolved: ResolvedJob) -> None:
+    def _send(self, worker: Worker, index: int, resolved: ResolvedJob) -> None:
         worker.writer.write(encode_request(job_request(resolved)))
 
     # ------------------------------------------------------------------ workers
 
-    async def _acquire(self, owner: str | None) -> ForkWorker:
+    async def _acquire(self, owner: str | None) -> Worker:
         deadline = time.monotonic() + self._settings.acquire_timeout_s
         while True:
             if self._closed:
@@ -277,18 +276,19 @@ class BatchRunner:
             worker.owner = owner
             return worker
 
-    async def _start_worker(self, *, reserved: bool = False) -> ForkWorker:
+    async def _start_worker(self, *, reserved: bool = False) -> Worker:
         if not reserved:
             self._alive += 1
         try:
             spec = SandboxSpec(memory_mb=self._settings.batch_memory_mb, cpus=self._settings.batch_cpus)
-            return await self._backend.start_worker(spec)
+            worker: Worker = await self._backend.start_worker(spec)
+            return worker
         except BaseException:
             if not reserved:
                 self._alive -= 1
             raise
 
-    async def _release(self, worker: ForkWorker) -> None:
+    async def _release(self, worker: Worker) -> None:
         if self._closed:
             await self._discard(worker)
             return
@@ -296,7 +296,7 @@ class BatchRunner:
             self._idle.append(worker)
             self._changed.notify_all()
 
-    async def _discard(self, worker: ForkWorker) -> None:
+    async def _discard(self, worker: Worker) -> None:
         await asyncio.shield(self._backend.destroy_worker(worker))
         async with self._changed:
             self._alive -= 1
