@@ -47,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "TestRecord",
     "TestStatusName",
+    "VersionMismatch",
     "decode_pong",
     "decode_report",
     "decode_request",
@@ -73,6 +74,10 @@ _MAX_SIGNAL_NAME = 16
 
 class ProtocolError(ValueError):
     """A line that is not what this version of the protocol sends."""
+
+
+class VersionMismatch(ProtocolError):
+    """A line of another protocol version: the image and the service come from different trees."""
 
 
 def _version(raw: dict[str, Any]) -> object:
@@ -174,8 +179,8 @@ def decode_request(line: bytes | str) -> JobRequest | Ping:
     """A line from the host, on the worker's side.
 
     Raises:
-        ProtocolError: not a request of this protocol version (the worker answers with
-            :func:`refusal`).
+        ProtocolError: not a request of this protocol version (:class:`VersionMismatch`) or a
+            broken one; the worker answers with :func:`refusal`.
     """
     raw = _object(line, "request")
     try:
@@ -184,7 +189,7 @@ def decode_request(line: bytes | str) -> JobRequest | Ping:
                 raise ProtocolError(f"unknown op {str(raw['op'])[:30]!r}")
             return Ping(_version(raw))
         if not _ours(_version(raw)):
-            raise ProtocolError(_mismatch(PROTOCOL_VERSION, _version(raw)))
+            raise VersionMismatch(_mismatch(PROTOCOL_VERSION, _version(raw)))
         tests = raw.get("tests")
         return JobRequest(
             code=_get(raw, "code", str),
@@ -270,14 +275,15 @@ def decode_pong(line: bytes | str) -> None:
     """The fork server's answer to :func:`encode_ping`, on the host's side.
 
     Raises:
-        ProtocolError: not a pong, or one of another protocol version (the message says to rebuild
-            the sandbox image).
+        VersionMismatch: a pong of another protocol version (the message says to rebuild the
+            sandbox image).
+        ProtocolError: not a pong.
     """
     raw = _object(line, "answer to a ping")
     if raw.get("pong") is not True:
         raise ProtocolError("the answer to a ping is not a pong")
     if not _ours(_version(raw)):
-        raise ProtocolError(_mismatch(_version(raw), PROTOCOL_VERSION))
+        raise VersionMismatch(_mismatch(_version(raw), PROTOCOL_VERSION))
 
 
 def refusal(reason: str) -> JobReport:

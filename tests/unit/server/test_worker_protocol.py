@@ -31,6 +31,7 @@ from execbox_server.worker_protocol import (
     Ping,
     ProtocolError,
     TestRecord,
+    VersionMismatch,
     decode_pong,
     decode_report,
     decode_request,
@@ -127,13 +128,13 @@ def test_the_refusal_of_a_request_is_a_crashed_report_that_keeps_the_worker() ->
 
 def test_a_request_of_another_version_is_refused_with_what_to_do() -> None:
     line = encode_request(REQUESTS["plain"]).replace(b'"v": 1', b'"v": 2')
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(VersionMismatch) as caught:
         decode_request(line)
     assert "version mismatch" in str(caught.value) and "build.sh" in str(caught.value)
 
 
 def test_a_pong_of_another_version_is_refused_with_what_to_do() -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(VersionMismatch) as caught:
         decode_pong(b'{"pong": true, "v": 2}\n')
     assert "the batch worker speaks 2, the service 1" in str(caught.value)
     assert "rebuild" in str(caught.value)
@@ -141,10 +142,10 @@ def test_a_pong_of_another_version_is_refused_with_what_to_do() -> None:
 
 @pytest.mark.parametrize("version", [True, 1.0, "1", None, [1]])
 def test_only_the_integer_version_is_this_version(version: object) -> None:
-    with pytest.raises(ProtocolError, match="version mismatch"):
+    with pytest.raises(VersionMismatch):
         decode_pong(json.dumps({"pong": True, "v": version}))
     fields = {"v": version, "code": "", "timeout_s": 1, "memory_mb": 0, "max_output_bytes": 1024}
-    with pytest.raises(ProtocolError, match="version mismatch"):
+    with pytest.raises(VersionMismatch):
         decode_request(json.dumps(fields))
 
 
@@ -159,9 +160,10 @@ def test_lines_without_a_version_are_version_1_the_protocol_before_versions() ->
 
 
 def test_a_pong_must_be_a_pong() -> None:
-    for line in (b'{"pong": 1, "v": 1}', b'{"v": 1}', b"[]", b"pong"):
-        with pytest.raises(ProtocolError):
+    for line in (b'{"pong": 1, "v": 1}', b'{"v": 1}', b"[]", b"pong", b""):
+        with pytest.raises(ProtocolError) as caught:
             decode_pong(line)
+        assert not isinstance(caught.value, VersionMismatch)
 
 
 # ------------------------------------------------------------------ requests the worker refuses
