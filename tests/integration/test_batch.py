@@ -8,10 +8,10 @@ import json
 import httpx
 import pytest
 
-from execbox import BatchResult, Client, JobStatus
+from execbox import Client, JobResult, JobStatus
 
 
-def by_id(results: list[BatchResult]) -> dict[str | None, BatchResult]:
+def by_id(results: list[JobResult]) -> dict[str | None, JobResult]:
     return {r.id: r for r in results}
 
 
@@ -288,7 +288,7 @@ def test_a_solution_never_sees_the_expected_values(client: Client) -> None:
 # ------------------------------------------------------------------ every byte counts
 
 
-def content_bytes(result: BatchResult) -> int:
+def content_bytes(result: JobResult) -> int:
     """Bytes of everything a program (or its test cases) put into the result."""
 
     def size(value: object) -> int:

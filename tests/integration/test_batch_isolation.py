@@ -13,7 +13,7 @@ import json
 import secrets
 from typing import Any
 
-from execbox import BatchResult, Client, JobStatus
+from execbox import Client, JobResult, JobStatus
 
 # Everything a job can write in a worker container (checked with `find / -writable`), plus
 # the IPC namespace: SysV objects and POSIX message queues outlive the process that made them.
@@ -61,11 +61,11 @@ print(json.dumps(seen))
 """
 
 
-def by_id(results: list[BatchResult]) -> dict[str | None, BatchResult]:
+def by_id(results: list[JobResult]) -> dict[str | None, JobResult]:
     return {r.id: r for r in results}
 
 
-def looked(result: BatchResult) -> dict[str, Any]:
+def looked(result: JobResult) -> dict[str, Any]:
     assert result.ok, result
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert isinstance(data, dict)

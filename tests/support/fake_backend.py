@@ -74,6 +74,16 @@ from execbox_server.backends.base import (
 )
 from execbox_server.errors import EngineUnavailable, InvalidLimits
 from execbox_server.kernel.events import Display, ErrorOutput, Idle, KernelEvent, Reply, Stream, Traffic
+from execbox_server.worker_protocol import (
+    ErrorRecord,
+    JobReport,
+    JobRequest,
+    JobStatusName,
+    Ping,
+    decode_request,
+    encode_pong,
+    encode_report,
+)
 
 __all__ = [
     "Behaviour",
@@ -547,9 +557,14 @@ class FakeBackend:
         """The fork server's loop: one request line in, one result line out, in order."""
         try:
             while line := await reader.readline():
+                decoded = decode_request(line)  # the fake refuses what the real worker would refuse
+                if isinstance(decoded, Ping):
+                    writer.write(encode_pong())
+                    await writer.drain()
+                    continue
                 request = json.loads(line)
                 worker.requests.append(request)
-                fault = self.worker_faults.get(str(request.get("code")))
+                fault = self.worker_faults.get(decoded.code)
                 if fault is WorkerFault.CLOSE:
                     return
                 if fault is WorkerFault.HANG:
@@ -558,11 +573,10 @@ class FakeBackend:
                     writer.write(b"this is not a result\n")
                     await writer.drain()
                     continue
-                result = run_job(request)
-                result["retire"] = fault is WorkerFault.RETIRE
-                writer.write(json.dumps(result).encode() + b"\n")
+                report = run_job(decoded, retire=fault is WorkerFault.RETIRE)
+                writer.write(encode_report(report))
                 await writer.drain()
-                if result["retire"]:
+                if report.retire:
                     return  # what was sent after this job stays unanswered, as the fork server does
         except (ConnectionError, OSError):
             return
@@ -570,16 +584,18 @@ class FakeBackend:
             writer.close()
 
 
-def run_job(request: dict[str, Any]) -> dict[str, Any]:
+def run_job(request: JobRequest, *, retire: bool = False) -> JobReport:
     """One batch job as the fork server reports it, run with ``exec`` in a fresh namespace."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    status, exit_code, error = "ok", 0, None
+    status: JobStatusName = "ok"
+    exit_code = 0
+    error: ErrorRecord | None = None
     started = time.monotonic()
     saved_stdin = sys.stdin
-    sys.stdin = io.StringIO(request.get("stdin") or "")
+    sys.stdin = io.StringIO(request.stdin or "")
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            exec(compile(str(request["code"]), "<job>", "exec"), {"__name__": "__main__"})
+            exec(compile(request.code, "<job>", "exec"), {"__name__": "__main__"})
     except KeyboardInterrupt:
         raise
     except SystemExit as exc:
@@ -589,27 +605,21 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         tb = _traceback(exc)
         stderr.write("".join(line + "\n" for line in tb))
         status, exit_code = "error", 1
-        error = {"name": type(exc).__name__, "value": str(exc), "traceback": tb}
+        error = ErrorRecord(name=type(exc).__name__, value=str(exc), traceback=tuple(tb))
     finally:
         sys.stdin = saved_stdin
     wall_ms = round((time.monotonic() - started) * 1000, 3)
-    return {
-        "id": request.get("id"),
-        "status": status,
-        "stdout": stdout.getvalue(),
-        "stderr": stderr.getvalue(),
-        "error": error,
-        "value": None,
-        "exit_code": exit_code,
-        "signal": None,
-        "wall_ms": wall_ms,
-        "cpu_ms": wall_ms,
-        "peak_memory_bytes": 16 * 1024 * 1024,
-        "truncated": False,
-        "tests": None,
-        "message": None,
-        "retire": False,
-    }
+    return JobReport(
+        status=status,
+        stdout=stdout.getvalue(),
+        stderr=stderr.getvalue(),
+        error=error,
+        exit_code=exit_code,
+        wall_ms=wall_ms,
+        cpu_ms=wall_ms,
+        peak_memory_bytes=16 * 1024 * 1024,
+        retire=retire,
+    )
 
 
 # ---------------------------------------------------------------------- internals

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from execbox._codes import ErrorCode
-from execbox._models import BatchRequest, BatchResponse, BatchResult
+from execbox._models import BatchRequest, BatchResponse, JobResult
 from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.api.openapi import BODY, LEASE, error_responses, stream_response
 from execbox_server.api.streaming import model_response, ndjson_stream, on_client_disconnect
@@ -54,9 +54,9 @@ def _lanes(body: BatchRequest, settings: Settings) -> int:
 )
 async def run_batch(body: BatchRequest, request: Request, services: ServicesDep, owner: Owner) -> Response:
     jobs = _check(body, services.settings)
-    results: list[BatchResult] = []
+    results: list[JobResult] = []
 
-    async def collect(result: BatchResult) -> None:
+    async def collect(result: JobResult) -> None:
         results.append(result)
 
     async with services.quotas.batch(owner, _lanes(body, services.settings)) as slot:

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter
 
 from execbox._codes import ErrorCode
-from execbox._models import BatchResult, BatchSummary, ErrorEnvelope, ExecutionEvent
+from execbox._models import BatchSummary, ErrorEnvelope, ExecutionEvent, JobResult
 from execbox_server.api.streaming import NDJSON
 from execbox_server.errors import status_of
 
@@ -60,7 +60,7 @@ ExecutionStreamLine = Annotated[
 # One line of a batch stream: a result per job in completion order, then the summary; or an
 # error envelope ending the stream.
 BatchStreamLine = Annotated[
-    Union[Annotated[BatchResult | BatchSummary, Field(discriminator="type")], ErrorEnvelope],  # noqa: UP007
+    Union[Annotated[JobResult | BatchSummary, Field(discriminator="type")], ErrorEnvelope],  # noqa: UP007
     Field(
         description="One NDJSON line: a job's `result`, the final `summary`, or an error envelope ending the stream."
     ),

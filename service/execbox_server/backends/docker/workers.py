@@ -13,6 +13,7 @@ from execbox_server.backends.base import SandboxGone, SandboxSpec
 from execbox_server.backends.docker.containers import container_args
 from execbox_server.backends.docker.engine import Engine
 from execbox_server.errors import EngineUnavailable, SandboxStartFailed
+from execbox_server.worker_protocol import ProtocolError, VersionMismatch, decode_pong, encode_ping
 
 __all__ = ["ForkWorker", "ForkWorkers"]
 
@@ -73,12 +74,17 @@ class ForkWorkers:
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(path), limit=64 * 1024 * 1024)
-                writer.write(b'{"op": "ping"}\n')
+                writer.write(encode_ping())
                 await writer.drain()
                 line = await asyncio.wait_for(reader.readline(), 10)
-                if b"pong" in line:
+                try:
+                    decode_pong(line)
                     return reader, writer
-                writer.close()
+                except VersionMismatch as exc:  # an image of another tree: retrying cannot help
+                    writer.close()
+                    raise SandboxStartFailed(f"batch worker refused: {exc}") from exc
+                except ProtocolError:
+                    writer.close()
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
             if time.monotonic() > deadline:
