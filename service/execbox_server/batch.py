@@ -58,6 +58,7 @@ OnJobResult = Callable[[JobResult], Awaitable[None]]
 WORKER_MARGIN_S = 10.0
 RECYCLE_AFTER_JOBS = 20_000
 PIPELINE_DEPTH = 2
+WATCH_INTERVAL_S = 1.0  # how often idle workers are checked for a dead container
 PARSE_INLINE_BYTES = 256 * 1024  # larger result lines are parsed off the event loop
 
 
@@ -71,11 +72,29 @@ class BatchRunner:
         self._changed = asyncio.Condition()
         self._closed = False
         self._warm_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._warm_task = asyncio.get_running_loop().create_task(self._warm())
+        loop = asyncio.get_running_loop()
+        self._warm_task = loop.create_task(self._warm())
+        self._watch_task = loop.create_task(self._watch_idle())
+
+    async def _watch_idle(self) -> None:
+        """Replace idle workers whose container died, so the counts stay true between batches."""
+        while not self._closed:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._prune_dead_idle()
+
+    async def _prune_dead_idle(self) -> None:
+        # A worker whose container died while idle (killed from outside, the engine restarted)
+        # has closed its end of the stream: it must never be handed a job that would come
+        # back crashed.
+        for worker in [w for w in self._idle if w.reader.at_eof()]:
+            self._idle.remove(worker)
+            log.warning("idle batch worker %s is gone; replacing it", worker.short_id)
+            await self._discard(worker)
 
     async def _warm(self) -> None:
         for _ in range(min(self._settings.batch_min_workers, self._settings.batch_workers)):
@@ -90,10 +109,11 @@ class BatchRunner:
 
     async def close(self) -> None:
         self._closed = True
-        if self._warm_task is not None:
-            self._warm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warm_task
+        for task in (self._warm_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._backend.destroy_worker(w) for w in idle), return_exceptions=True)
 
@@ -239,6 +259,7 @@ class BatchRunner:
         while True:
             if self._closed:
                 raise PoolClosed("the service is shutting down")
+            await self._prune_dead_idle()
             async with self._changed:
                 mine = next((w for w in self._idle if w.owner == owner), None)
                 mine = mine or next((w for w in self._idle if w.owner is None), None)

@@ -172,7 +172,7 @@ def _engine_answers() -> bool:
         return False
 
 
-def test_an_engine_restart_mid_session_never_swaps_a_kernel_silently(tmp_path: Path) -> None:
+def test_an_engine_restart_mid_session_never_swaps_a_kernel_silently(tmp_path: Path, server: LocalServer) -> None:
     """dockerd stopped and started again under a live session (its containers die with it).
 
     Whatever the order of events, the session never answers NameError for a variable it
@@ -210,10 +210,30 @@ def test_an_engine_restart_mid_session_never_swaps_a_kernel_silently(tmp_path: P
                 assert ex["stdout"] == "" and ex["results"][0]["data"]["text/plain"] == "41", ex
             with client.session() as fresh:
                 assert fresh.run("print('after restart')").stdout == "after restart\n"
+        # The suite's shared service lived through the same restart: its dead spares and idle
+        # worker are dropped and replaced on their own, and it serves again.
+        wait_until(lambda: _recovered(server), 120, "the shared service to replace every sandbox the restart killed")
+        with Client(server.url) as client, client.session() as s3:
+            assert s3.run("print('shared ok')").stdout == "shared ok\n"
     finally:
         if not _engine_answers():
             subprocess.run(["bash", str(ROOT / "scripts" / "ensure-docker.sh")], check=False, timeout=120)
         server.stop()
+
+
+def _recovered(srv: LocalServer) -> bool:
+    """Warm again, and none of the service's containers is a dead one from before the restart."""
+    if httpx.get(srv.url + "/readyz").status_code != 200:
+        return False
+    return all(c.status == "running" for c in _containers_of(instance_of(srv)))
+
+
+def _containers_of(instance: str) -> list[docker.models.containers.Container]:
+    engine = docker.from_env()
+    try:
+        return list(engine.containers.list(all=True, filters={"label": f"execbox.instance={instance}"}))
+    finally:
+        engine.close()
 
 
 def _run_when_served(url: str, session_id: str, code: str) -> dict[str, object]:

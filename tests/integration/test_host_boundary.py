@@ -85,6 +85,7 @@ def test_the_sandbox_cannot_create_swap_or_fill_anything_in_its_kernel_directory
         "        print(what, 'refused', e.errno)\n",
     )
     lines = str(ex["stdout"]).splitlines()
+    assert ex["status"] == "ok", ex
     # The connection file (the kernel's key, owned by the sandbox user) is gone once it is read.
     assert lines[0] == "[]", lines
     assert all("refused" in line for line in lines[1:]) and len(lines) == 7, lines

@@ -171,3 +171,25 @@ async def test_warm_workers_start_ahead_of_the_first_batch_and_close_destroys_th
         await r.runner.close()
         assert all(w.destroyed for w in r.backend.workers)
         assert r.backend.live_workers == []
+
+
+async def test_an_idle_worker_whose_container_died_is_replaced_before_it_gets_a_job() -> None:
+    async with rig() as r:
+        await r.run(BatchJob(code="print(1)"))
+        (first,) = r.backend.workers
+        assert first.server is not None
+        first.server.cancel()  # the worker's end closes, as when its container dies (engine restart)
+        await wait_until(lambda: first.reader.at_eof())
+        results = await r.run(BatchJob(code="print(2)"), BatchJob(code="print(3)"))
+        assert [x.status for x in results] == [JobStatus.OK, JobStatus.OK], [x.message for x in results]
+        assert first in r.backend.destroyed_workers and len(r.backend.workers) == 2
+
+
+async def test_an_idle_worker_that_died_is_dropped_without_waiting_for_a_batch() -> None:
+    async with rig() as r:
+        await r.run(BatchJob(code="print(1)"))
+        (first,) = r.backend.workers
+        assert first.server is not None
+        first.server.cancel()
+        await wait_until(lambda: first in r.backend.destroyed_workers, timeout=5)
+        assert r.runner.stats() == {"alive": 0, "idle": 0}

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -50,6 +51,7 @@ LABEL_ROLE = "execbox.role"
 Purpose = Literal["control", "lifecycle", "exec"]
 CONTROL_TIMEOUT_S = 20.0  # inspect, kill, signal, update, remove
 LIFECYCLE_TIMEOUT_S = 90.0  # create+start of a container, listing, the client itself
+REMOVAL_RETRY_S = 600.0  # how long a removal that met an engine outage keeps being retried
 _POOL_SIZES: dict[Purpose, int] = {"control": 8, "lifecycle": 4, "exec": 4}
 
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
@@ -189,13 +191,38 @@ class Engine:
                 await self.call("control", lambda: self.docker.api.remove_container(container_id, force=True))
             except SandboxGone:
                 pass
-            except (EngineUnavailable, docker.errors.APIError) as exc:
+            except EngineUnavailable as exc:
+                # Retried in the background until the engine is back, so an outage leaves no
+                # dead container behind (the next start-up's reaper is the last resort).
+                log.warning("could not remove sandbox %s yet: %s", container_id[:12], exc)
+                self._retry_removal(container_id)
+            except docker.errors.APIError as exc:
                 # The orphan reaper of the next start-up removes what is left here.
                 log.warning("could not remove sandbox %s: %s", container_id[:12], exc)
         if host_dir is not None:
             # Sealed (nothing the sandbox can add), but a directory walk is still file-system
             # work: off the event loop.
             await asyncio.to_thread(shutil.rmtree, host_dir, ignore_errors=True)
+
+    def _retry_removal(self, container_id: str) -> None:
+        async def retry() -> None:
+            delay = 1.0
+            deadline = time.monotonic() + REMOVAL_RETRY_S
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                try:
+                    await self.call("control", lambda: self.docker.api.remove_container(container_id, force=True))
+                except SandboxGone:
+                    return
+                except (EngineUnavailable, docker.errors.APIError):
+                    continue
+                log.info("removed sandbox %s after the engine came back", container_id[:12])
+                return
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def remove_where(self, labels: dict[str, str]) -> int:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}

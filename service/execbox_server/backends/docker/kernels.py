@@ -90,6 +90,8 @@ class KernelSandboxes:
         try:
             container = await engine.call("lifecycle", lambda: engine.docker.containers.run(**args))
             container_id = str(container.id)
+            # run() returns the container as created: its init's pid is known only once started.
+            state = await engine.call("control", lambda: engine.docker.api.inspect_container(container_id))
             conn = KernelConnection(files, max_message_bytes=self._max_message_bytes)
             kernel = DockerKernel(
                 id=kernel_id,
@@ -98,7 +100,7 @@ class KernelSandboxes:
                 conn=conn,
                 spec=spec,
                 cgroup=CgroupFiles(container_id),
-                pidfd=_open_init_pidfd(container.attrs.get("State", {}).get("Pid"), container_id),
+                pidfd=_open_init_pidfd(state.get("State", {}).get("Pid"), container_id),
             )
             await self._wait_ready(kernel)
             # The kernel has bound its sockets and read its connection file; no user code has
