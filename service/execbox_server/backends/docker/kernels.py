@@ -116,7 +116,8 @@ class KernelSandboxes:
                 conn.close()
             if kernel is not None and kernel.pidfd is not None:
                 os.close(kernel.pidfd)
-            await asyncio.shield(engine.remove(container_id, files.host_dir))
+            # By name when run() failed half-way: created but not started leaves a container.
+            await asyncio.shield(engine.remove(container_id or args["name"], files.host_dir))
             if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
                 raise
             if isinstance(exc, KernelNotReady | docker.errors.DockerException | SandboxGone):

@@ -53,15 +53,16 @@ class ForkWorkers:
         host_dir = engine.kernels_dir / worker_id
         host_dir.mkdir(mode=0o700)
         container_id: str | None = None
+        args = container_args(engine.settings, engine.instance_id, worker_id, spec, host_dir, role="worker")
+        args["command"] = ["/opt/venv/bin/python", "/opt/execbox/forkserver.py"]
         try:
-            args = container_args(engine.settings, engine.instance_id, worker_id, spec, host_dir, role="worker")
-            args["command"] = ["/opt/venv/bin/python", "/opt/execbox/forkserver.py"]
             container = await engine.call("lifecycle", lambda: engine.docker.containers.run(**args))
             container_id = str(container.id)
             reader, writer = await self._connect(host_dir / "fork.sock", container_id)
             return ForkWorker(id=worker_id, container_id=container_id, dir=host_dir, reader=reader, writer=writer)
         except BaseException as exc:
-            await asyncio.shield(engine.remove(container_id, host_dir))
+            # By name when run() failed half-way: created but not started leaves a container.
+            await asyncio.shield(engine.remove(container_id or args["name"], host_dir))
             if isinstance(exc, EngineUnavailable | asyncio.CancelledError):
                 raise
             if isinstance(exc, OSError | TimeoutError | docker.errors.DockerException | SandboxGone):
