@@ -6,6 +6,7 @@
     ├── SessionLimitReached           429 too_many_sessions
     ├── QuotaExceeded                 429 quota_exceeded (Retry-After): one API key's share is used up
     ├── InvalidLimits                 422 invalid_limits
+    ├── InvalidRequest                422 invalid_request: valid JSON the service cannot run as asked
     ├── RequestTooLarge               413 request_too_large
     ├── Unauthorized                  401 unauthorized
     ├── InvalidPath                   422 invalid_path: a file path the sandbox refuses
@@ -41,6 +42,7 @@ __all__ = [
     "FileTooLarge",
     "InvalidLimits",
     "InvalidPath",
+    "InvalidRequest",
     "PoolClosed",
     "PoolExhausted",
     "PoolWarming",
@@ -104,6 +106,13 @@ class QuotaExceeded(ServiceError):
 class InvalidLimits(ServiceError):
     status_code = 422
     code = ErrorCode.INVALID_LIMITS
+
+
+class InvalidRequest(ServiceError):
+    """A request the models accept but the service cannot run as asked (checked before anything runs)."""
+
+    status_code = 422
+    code = ErrorCode.INVALID_REQUEST
 
 
 class RequestTooLarge(ServiceError):
