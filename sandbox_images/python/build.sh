@@ -3,21 +3,24 @@
 #
 #   sandbox_images/python/build.sh            # build if needed
 #   EXECBOX_IMAGE=name:tag build.sh           # another tag
-#   EXECBOX_BASE_IMAGE=python:3.11-slim ...   # force a base; "offline" forces debootstrap
+#   EXECBOX_BASE_IMAGE=name:tag ...           # another base (python3.11 + venv + g++)
 #   build.sh --context DIR                    # only prepare a build context in DIR (compose)
 #   build.sh --inputs-hash                    # print the hash the image is labelled with
 #
-# Base image: python:3.11-slim when a registry answers, otherwise an offline Debian bookworm
-# rootfs made with debootstrap from the Debian mirror and `docker import`ed (built once and
-# kept). Wheels are downloaded on the host with pip and installed with --no-index.
+# Base image: an offline Debian bookworm rootfs made with debootstrap from the Debian mirror and
+# `docker import`ed (built once and kept): python3.11 and the C++ toolchain (g++ 12, libssl-dev)
+# that /run_code's cpp runs. EXECBOX_BASE_IMAGE picks another base, which must carry python3.11
+# with venv and g++ (the build checks). Wheels are downloaded on the host with pip and installed
+# with --no-index.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 # The batch worker protocol, one module for the service and the fork server: the image carries it.
 protocol=$(cd "$here/../.." && pwd)/service/execbox_server/worker_protocol.py
 image=${EXECBOX_IMAGE:-execbox-sandbox-python:latest}
-registry_base=${EXECBOX_REGISTRY_BASE:-python:3.11-slim}
-offline_base=${EXECBOX_OFFLINE_BASE:-execbox-base-bookworm:latest}
+# The tag names what the base carries: a new package list gets a new tag, so a base built by an
+# older tree is never reused without it.
+offline_base=${EXECBOX_OFFLINE_BASE:-execbox-base-bookworm:py-gxx-1}
 cache=${EXECBOX_CACHE_DIR:-/var/cache/execbox}
 
 # The Debian mirror for the offline base: EXECBOX_DEBIAN_MIRROR, else the one this host's apt
@@ -49,13 +52,8 @@ inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py "$pr
 if [ "${1:-}" = --inputs-hash ]; then echo "$inputs_hash"; exit 0; fi
 
 choose_base() {
-  local want=${EXECBOX_BASE_IMAGE:-auto}
-  if [ "$want" != auto ] && [ "$want" != offline ]; then echo "$want"; return; fi
-  if [ "$want" = auto ]; then
-    if docker image inspect "$registry_base" >/dev/null 2>&1; then echo "$registry_base"; return; fi
-    if timeout 30 docker pull -q "$registry_base" >/dev/null 2>&1; then echo "$registry_base"; return; fi
-    log "no registry answered for $registry_base: using the offline Debian base."
-  fi
+  local want=${EXECBOX_BASE_IMAGE:-offline}
+  if [ "$want" != offline ]; then echo "$want"; return; fi
   if ! docker image inspect "$offline_base" >/dev/null 2>&1; then
     build_offline_base
   fi
@@ -75,8 +73,8 @@ build_offline_base() {
   fi
   local root
   root=$(mktemp -d "${TMPDIR:-/tmp}/execbox-rootfs.XXXXXX")
-  log "debootstrap bookworm (minbase + python3, python3-venv) from $mirror (about a minute) ..."
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+  log "debootstrap bookworm (minbase + python3, python3-venv, g++, libssl-dev) from $mirror (a minute or two) ..."
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,g++,libssl-dev \
     bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 \
     || { tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
   # Drop what a sandbox never needs: package caches and docs.

@@ -31,6 +31,7 @@ line out, in order, one client at a time.
 from __future__ import annotations
 
 import ast
+import base64
 import contextlib
 import gc
 import importlib
@@ -44,6 +45,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,24 +55,28 @@ from typing import Any, NoReturn, TypedDict
 
 # Beside this file in the image (/opt/execbox, on sys.path as the script's directory).
 from worker_protocol import (
+    LANGUAGES,
     ErrorRecord,
     JobReport,
     JobRequest,
     JobStatusName,
     JobTests,
     Ping,
+    Program,
     ProtocolError,
+    StageReport,
     TestRecord,
     decode_request,
     encode_pong,
     encode_report,
     refusal,
+    sandbox_path,
 )
 
 SANDBOX_UID = 90000  # the image's sandbox user (Dockerfile); no host user has it
 SOCKET_PATH = os.environ.get("EXECBOX_FORK_SOCKET", "/kernel/fork.sock")
 MPL_CACHE = "/opt/execbox/mpl"  # matplotlib's font list, built with the image
-HOME = "/home/sandbox"  # every job's working directory, emptied between jobs
+HOME = "/home/sandbox"  # every job's working directory, emptied between jobs (worker_protocol.HOME)
 HOME_MODE = 0o700
 # Every place the sandbox user can write in a worker (`find / -writable` as that user), and
 # the IPC objects that outlive their creator. All of them are empty whenever a job starts.
@@ -84,6 +90,13 @@ MAX_RECORDS_BYTES = 64 * 1024 * 1024  # all records of one job; beyond it the jo
 # or reap in time still answers, with "retire", before the host gives up on it.
 CLEAN_TIMEOUT_S = 5.0
 REPORT_TIMEOUT_S = 5.0  # after its exit or SIGKILL a job is reaped by then, or the worker is broken
+# A build bigger than this is not sent back for the host's cache (it must fit one record).
+MAX_BUILD_BYTES = 4 * 1024 * 1024
+# The compiler is the image's, not the job's: it gets at least this much address space
+# (cc1plus maps far more than it touches), whatever the job's own memory limit.
+COMPILE_MIN_AS = 2048 * 1024 * 1024
+# The compile stage's own deadline is enforced in the job; the server's backstop is this much later.
+COMPILE_GRACE_S = 5.0
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -104,6 +117,18 @@ class ChildTests(TypedDict):
     per_test_timeout_s: float
 
 
+class ChildProgram(TypedDict):
+    """A program job: where its files go, how it is built and run (worker_protocol.LANGUAGES)."""
+
+    source: str  # absolute path the code is written to
+    files: list[list[str]]  # [absolute path, base64]
+    compile: list[str] | None
+    compile_timeout_s: float
+    artifact: str | None
+    binary: str | None  # a cached build of this source (base64): written instead of compiling
+    run: list[str] | None  # None: run in this warm interpreter
+
+
 class ChildJob(TypedDict):
     """What a job's process gets: no stdin (a pipe), no id, no expected values."""
 
@@ -112,6 +137,7 @@ class ChildJob(TypedDict):
     memory_mb: int
     limit: int
     tests: ChildTests | None
+    program: ChildProgram | None
 
 
 # Child -> server records, one JSON line each on the result pipe:
@@ -119,12 +145,17 @@ class ChildJob(TypedDict):
 #   {"kind": "error", "error": ChildError}
 #   {"kind": "test", "index": int, "status": "returned" | "passed" | "failed" | "error" | "timeout",
 #    "actual": Any, "error": ChildError | None, "duration_ms": float}
+#   {"kind": "compile", "status": "ok" | "error" | "timeout", "exit_code": int | None, "stdout": str,
+#    "stderr": str, "wall_ms": float, "cached": bool, "binary": str | None}
+# A compile record is written before any of the job's own code runs (a compiled program is
+# exec'd with the pipe closed), and only a language with a compile step may send one.
 # The job's own code can write to that pipe too: the server trusts nothing in a record beyond
 # what the job could have produced honestly (a case passes only if its actual value equals the
 # expected one, which the job never had).
 
 _ZYGOTE_JOB = b"J"
 _ZYGOTE_CLEAN = b"C"
+_ZYGOTE_FETCH = b"F"
 _ZYGOTE_READY = b"R"
 _ZYGOTE_PID = b"P"
 _ZYGOTE_EXIT = b"X"
@@ -174,7 +205,9 @@ def _job_child(ctl: socket.socket, fds: list[int], env: dict[str, str]) -> NoRet
         sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
         sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
         sys.argv = ["<job>"]
-        if job["tests"] is not None:
+        if job["program"] is not None:
+            code = _run_as_program(job, job["program"], result_fd)
+        elif job["tests"] is not None:
             code = _run_tests(job, job["tests"], result_fd)
         else:
             code = _run_program(job, result_fd)
@@ -208,12 +241,20 @@ def _read_job(fd: int) -> ChildJob:
 def _set_limits(job: ChildJob) -> None:
     timeout = float(job["timeout_s"])
     cpu = max(1, int(timeout) + 1)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     memory = int(job["memory_mb"])
+    program = job["program"]
+    compiles = program is not None and program["compile"] is not None
+    if compiles:
+        # The compiler (_build) and the program (_exec) lower these for themselves; the job's
+        # own code never runs in this process, so the bounds here only need to hold both.
+        cpu = max(cpu, int(program["compile_timeout_s"]) + 1)  # type: ignore[index]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     if memory > 0:
         # Address space: what the warm zygote already maps (numpy, ...) plus the job's budget.
         base = _vm_size()
         limit = base + memory * 1024 * 1024
+        if compiles:
+            limit = max(limit, COMPILE_MIN_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     fsize = 64 * 1024 * 1024
@@ -226,15 +267,15 @@ def _vm_size() -> int:
         return int(fh.read().split()[0]) * resource.getpagesize()
 
 
-def _compile_with_value(source: str) -> tuple[Any, Any]:
+def _compile_with_value(source: str, filename: str = "<job>") -> tuple[Any, Any]:
     """Compile a program; if it ends in an expression, also compile that to show its value."""
-    tree = ast.parse(source, "<job>", "exec")
+    tree = ast.parse(source, filename, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         expression = tree.body.pop()
         assert isinstance(expression, ast.Expr)
-        last = compile(ast.Expression(expression.value), "<job>", "eval")
-    return compile(tree, "<job>", "exec"), last
+        last = compile(ast.Expression(expression.value), filename, "eval")
+    return compile(tree, filename, "exec"), last
 
 
 def _report(result_fd: int, record: dict[str, Any]) -> None:
@@ -309,11 +350,16 @@ def _jsonable(value: Any) -> Any:
         return "<a value nested too deeply to compare>"
 
 
-def _run_program(job: ChildJob, result_fd: int) -> int:
+def _run_program(job: ChildJob, result_fd: int, path: str | None = None) -> int:
+    """Run the job's Python in this warm process; with ``path``, as ``python path`` would."""
     limit = job["limit"] + 1  # one byte over: the server sees the cut and says so (truncated)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    if path is not None:
+        namespace["__file__"] = path
+        sys.argv = [path]
+        sys.path.insert(0, HOME)  # the script's directory, as the interpreter puts it first
     try:
-        body, last = _compile_with_value(job["code"])
+        body, last = _compile_with_value(job["code"], path or "<job>")
         exec(body, namespace)
         if last is not None:
             value = eval(last, namespace)
@@ -333,6 +379,124 @@ def _run_program(job: ChildJob, result_fd: int) -> int:
         _print_exc(exc)
         return 1
     return 0
+
+
+def _write_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write one of the job's files as the sandbox user (its permissions are the only ones used)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _run_as_program(job: ChildJob, program: ChildProgram, result_fd: int) -> int:
+    """A program as its language runs it: files, source, build (or the cached one), run."""
+    try:
+        for path, content in program["files"]:
+            _write_file(path, base64.b64decode(content))
+        _write_file(program["source"], job["code"].encode("utf-8", "surrogateescape"))
+    except (OSError, ValueError) as exc:
+        print(f"execbox: could not write the job's files: {exc}", file=sys.stderr)
+        return 1
+    if program["compile"] is not None and not _build(job, program["compile"], program, result_fd):
+        return 1
+    if program["run"] is None:
+        return _run_program(job, result_fd, path=program["source"])
+    _exec(job, program["run"], result_fd)
+
+
+def _build(job: ChildJob, argv: list[str], program: ChildProgram, result_fd: int) -> bool:
+    """Compile (or write the cached build); report the stage. Whether the program may run."""
+    limit = job["limit"]
+    artifact = os.path.join(HOME, program["artifact"] or "a.out")
+    if program["binary"] is not None:
+        _write_file(artifact, base64.b64decode(program["binary"]), 0o700)
+        _report(result_fd, {"kind": "compile", "status": "ok", "exit_code": 0, "cached": True, "wall_ms": 0.0})
+        return True
+    timeout = program["compile_timeout_s"]
+    memory = int(job["memory_mb"]) * 1024 * 1024
+    started = time.monotonic()
+    # The compiler's output goes to files in /tmp (bounded by RLIMIT_FSIZE and the tmpfs), read
+    # back to the job's limit: a wall of template errors costs no memory here.
+    with tempfile.TemporaryFile(dir="/tmp") as out, tempfile.TemporaryFile(dir="/tmp") as err:
+
+        def limits() -> None:
+            if memory > 0:
+                space = max(memory, COMPILE_MIN_AS)
+                resource.setrlimit(resource.RLIMIT_AS, (space, space))
+            cpu = max(1, int(timeout) + 1)
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=HOME,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=limits,  # safe: the job is single-threaded, nothing else runs in it
+            )
+        except OSError as exc:
+            _report(result_fd, {"kind": "compile", "status": "error", "exit_code": None, "stderr": str(exc)})
+            return False
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode = None
+        record: dict[str, Any] = {
+            "kind": "compile",
+            "status": "timeout" if returncode is None else "ok" if returncode == 0 else "error",
+            "exit_code": returncode,
+            "stdout": _head(out, limit // 4),
+            "stderr": _head(err, limit // 2),
+            "wall_ms": round((time.monotonic() - started) * 1000, 3),
+            "cached": False,
+            "binary": None,
+        }
+    if returncode == 0:
+        try:
+            with open(artifact, "rb") as fh:
+                build = fh.read(MAX_BUILD_BYTES + 1)
+            if len(build) <= MAX_BUILD_BYTES:
+                record["binary"] = base64.b64encode(build).decode("ascii")
+        except OSError:
+            pass  # the run reports the missing artifact
+    _report(result_fd, record)
+    return returncode == 0
+
+
+def _head(fh: Any, limit: int) -> str:
+    fh.seek(0)
+    data: bytes = fh.read(limit + 1)
+    text = data[:limit].decode("utf-8", "replace")
+    return text + "\n[... compiler output truncated ...]\n" if len(data) > limit else text
+
+
+def _exec(job: ChildJob, argv: list[str], result_fd: int) -> NoReturn:
+    """Become the program: same pid, group and pipes; the result pipe closes (O_CLOEXEC)."""
+    memory = int(job["memory_mb"]) * 1024 * 1024
+    if memory > 0:
+        # As SandboxFusion: address space, data and stack all get the job's memory, so deep
+        # recursion works as far as memory does.
+        for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_STACK):
+            resource.setrlimit(limit, (memory, memory))
+    cpu = max(1, int(float(job["timeout_s"])) + 1)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(os.path.join(HOME, argv[0]), argv)
+    except OSError as exc:
+        print(f"execbox: could not run {argv[0]}: {exc}", file=sys.stderr, flush=True)
+    os._exit(126)
 
 
 class _TestTimeout(BaseException):
@@ -431,6 +595,56 @@ def _cleaner(ctl: socket.socket, protected: set[int]) -> NoReturn:
             _empty_dir(path, deadline)
         _remove_sysv_ipc()
         ok = _leftovers(protected | {me}) is None
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    os._exit(0 if ok else 1)
+
+
+def _fetcher(ctl: socket.socket, fds: list[int]) -> NoReturn:
+    """Forked by the zygote after a program job: as the sandbox user, read back its fetch_files.
+
+    Only what that user may read, only regular files (opened non-blocking: a FIFO never hangs
+    it), at most the job's limit in all. The answer goes into a memfd the server reads.
+    """
+    ok = False
+    try:
+        ctl.close()
+        request_fd, answer_fd = fds
+        os.setgroups([])
+        os.setgid(SANDBOX_UID)
+        os.setuid(SANDBOX_UID)
+        request = json.loads(os.pread(request_fd, os.fstat(request_fd).st_size, 0))
+        room = int(request["limit"])
+        files: dict[str, str] = {}
+        for key, path in request["paths"]:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue  # a file the program did not make is left out, as SandboxFusion does
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                data = bytearray()
+                while len(data) <= room:
+                    chunk = os.read(fd, min(1 << 20, room + 1 - len(data)))
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(fd)
+            encoded = base64.b64encode(data).decode("ascii")
+            if len(data) > room or len(encoded) + len(key) > room:
+                continue  # over the job's limit: left out (a cut file is no file)
+            room -= len(encoded) + len(key)
+            files[key] = encoded
+        answer = json.dumps(files).encode("ascii")
+        view = memoryview(answer)
+        while view:
+            view = view[os.write(answer_fd, view) :]
+        ok = True
     except BaseException:
         try:
             traceback.print_exc()
@@ -574,12 +788,15 @@ def _zygote(ctl: socket.socket) -> NoReturn:
             os._exit(0)
         if not msg:
             os._exit(0)  # the server is gone
-        if not (msg == _ZYGOTE_JOB and len(fds) == 5) and not (msg == _ZYGOTE_CLEAN and not fds):
+        expected = {_ZYGOTE_JOB: 5, _ZYGOTE_CLEAN: 0, _ZYGOTE_FETCH: 2}.get(msg)
+        if expected is None or len(fds) != expected:
             os._exit(1)  # the server broke the protocol: nothing here can be trusted
         pid = os.fork()
         if pid == 0:
             if msg == _ZYGOTE_JOB:
                 _job_child(ctl, fds, env)
+            if msg == _ZYGOTE_FETCH:
+                _fetcher(ctl, fds)
             _cleaner(ctl, protected)
         for fd in fds:
             os.close(fd)
@@ -639,6 +856,33 @@ class _Zygote:
         status, _, _ = self.reaped(CLEAN_TIMEOUT_S + 2)
         return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
+    def fetch(self, paths: list[tuple[str, str]], limit: int) -> dict[str, str]:
+        """The files at ``paths`` ((key, absolute path)) as the sandbox user reads them, base64."""
+        request_fd = os.memfd_create("fetch", os.MFD_CLOEXEC)
+        answer_fd = os.memfd_create("files", os.MFD_CLOEXEC)
+        try:
+            os.write(request_fd, json.dumps({"paths": paths, "limit": limit}).encode("utf-8", "replace"))
+            _, pidfd = self.fork(_ZYGOTE_FETCH, [request_fd, answer_fd])
+            try:
+                ready, _, _ = select.select([pidfd], [], [], CLEAN_TIMEOUT_S)
+                if not ready:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+            status, _, _ = self.reaped(REPORT_TIMEOUT_S)
+            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                return {}
+            size = os.fstat(answer_fd).st_size
+            raw = json.loads(os.pread(answer_fd, size, 0)) if size else {}
+        finally:
+            os.close(request_fd)
+            os.close(answer_fd)
+        # The fetcher ran as the sandbox user beside what a job left: its answer is checked too.
+        if not isinstance(raw, dict):
+            return {}
+        keys = {key for key, _ in paths}
+        return {k: v for k, v in raw.items() if k in keys and isinstance(v, str)}
+
 
 # ----------------------------------------------------------------------------- the server
 
@@ -692,6 +936,14 @@ class _Budget:
         kept = data[: self.left - len(marker)].decode("utf-8", "ignore") + marker
         self.left -= len(kept.encode())
         return kept
+
+    def take(self, size: int) -> bool:
+        """Spend ``size`` whole, if it fits (else nothing, and the cut is noted)."""
+        if size > self.left:
+            self.cut = True
+            return False
+        self.left -= size
+        return True
 
     def json(self, value: Any) -> Any:
         """A JSON value as is when it fits, else its cut JSON text."""
@@ -839,6 +1091,11 @@ class _Records:
         self.value: str | None = None
         self.verdicts = _Verdicts(job.tests, limit) if job.tests is not None else None
         self.stop = False  # the first failing test was seen and the job asked to stop there
+        program = job.program
+        # Only a language with a compile step reports one (its program runs with the pipe closed).
+        self.compiles = program is not None and LANGUAGES[program.language].compile is not None
+        self.compile: StageReport | None = None
+        self.build: str | None = None
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -872,6 +1129,24 @@ class _Records:
             self.error = _clean_error(record.get("error"), self.limit + 1)
         elif kind == "test" and self.verdicts is not None and not self.stop:
             self.stop = self.verdicts.add(record, len(line))
+        elif kind == "compile" and self.compiles and self.compile is None:
+            self._compiled(record)
+
+    def _compiled(self, record: dict[str, Any]) -> None:
+        status = record.get("status")
+        code = record.get("exit_code")
+        wall = record.get("wall_ms")
+        out, err, build = record.get("stdout"), record.get("stderr"), record.get("binary")
+        self.compile = StageReport(
+            status=status if status in ("ok", "error", "timeout") else "error",
+            exit_code=code if type(code) is int and -(2**31) <= code < 2**31 else None,
+            stdout=out[: self.limit] if isinstance(out, str) else "",
+            stderr=err[: self.limit] if isinstance(err, str) else "",
+            wall_ms=float(wall) if isinstance(wall, int | float) and math.isfinite(wall) and wall >= 0 else 0.0,
+            cached=record.get("cached") is True,
+        )
+        if self.compile.status == "ok" and isinstance(build, str):
+            self.build = build
 
 
 def _number(value: Any, default: float, low: float, high: float) -> float:
@@ -897,7 +1172,34 @@ def _child_job(job: JobRequest, timeout: float, memory: int, limit: int) -> Chil
         "memory_mb": memory,
         "limit": limit,
         "tests": child_tests,
+        "program": None if job.program is None else _child_program(job.program),
     }
+
+
+def _child_program(program: Program) -> ChildProgram:
+    spec = LANGUAGES[program.language]  # decode_request refused any other
+    files = []
+    for path, content in program.files:
+        full = sandbox_path(path)
+        if full is None:  # the host refuses these first: a request that gets here is broken
+            raise ProtocolError(f"a file path outside the job's scratch: {path[:100]!r}")
+        files.append([full, content])
+    return {
+        "source": os.path.join(HOME, spec.source),
+        "files": files,
+        "compile": None if spec.compile is None else list(spec.compile),
+        "compile_timeout_s": _number(program.compile_timeout_s, 10.0, 0.001, 86400.0),
+        "artifact": spec.artifact,
+        "binary": program.binary,
+        "run": None if spec.run is None else list(spec.run),
+    }
+
+
+def _fetch_paths(program: Program | None) -> list[tuple[str, str]]:
+    if program is None:
+        return []
+    paths = [(key, sandbox_path(key)) for key in program.fetch_files]
+    return [(key, path) for key, path in paths if path is not None]
 
 
 def _signal_name(sig: int) -> str:
@@ -970,7 +1272,12 @@ class _Server:
         open_fds = {out_r, err_r, res_r}
         status: JobStatusName | None = None
         stopped = False  # by us, at the first failing test
-        deadline = started + timeout
+        # A compiled program has two deadlines: its compile's (enforced in the job, this a
+        # backstop), then its run's, from the moment the compile reported.
+        compiling = records.compiles
+        compile_timeout = _number(job.program.compile_timeout_s, 10.0, 0.001, 86400.0) if job.program else 0.0
+        deadline = started + (compile_timeout + COMPILE_GRACE_S if compiling else timeout)
+        run_started = started
         # The pidfd is readable once the job's process exits: a daemon it left holding the
         # pipes open must not keep the job "running" until its deadline.
         exited, exited_at = False, 0.0
@@ -1006,6 +1313,10 @@ class _Server:
                     records.feed(data)
                 else:
                     caps[fd].add(data)
+            if compiling and records.compile is not None:
+                compiling = False
+                run_started = time.monotonic()
+                deadline = run_started + timeout
             if sum(cap.total for cap in caps.values()) > hard_limit or records.total > MAX_RECORDS_BYTES:
                 status = "output_limit"
                 break
@@ -1042,7 +1353,12 @@ class _Server:
                 pass
             os.close(fd)
         wait_status, cpu_s, peak = self.zygote.reaped(REPORT_TIMEOUT_S)
-        wall = time.monotonic() - started
+        wall = time.monotonic() - run_started
+        stage = records.compile
+        if stage is None and records.compiles:  # the backstop ended a compile that never reported
+            stage = StageReport(status="timeout", wall_ms=round(wall * 1000, 3))
+        fetch = _fetch_paths(job.program)
+        files = self.zygote.fetch(fetch, limit) if fetch else None
         left = self.make_clean()
 
         exit_code: int | None = None
@@ -1056,7 +1372,16 @@ class _Server:
             signame = _signal_name(os.WTERMSIG(wait_status))
         error = records.error
         message: str | None = None
-        if status is None:
+        if stage is not None and stage.status != "ok":
+            # Nothing of the program ran: the compile's outcome is the job's.
+            status = "timeout" if stage.status == "timeout" else "compile_error"
+            exit_code, signame, error = None, None, None
+            message = (
+                f"the compile did not finish within {compile_timeout}s"
+                if stage.status == "timeout"
+                else f"the program did not compile (exit code {stage.exit_code}; see compile.stderr)"
+            )
+        elif status is None:
             if stopped or exit_code == 0:
                 status = "ok"
             elif error is not None and error.name == "MemoryError":
@@ -1094,6 +1419,10 @@ class _Server:
                 replace(outcome, error=budget.error(outcome.error), actual=budget.json(outcome.actual))
                 for outcome in verdicts.report()
             )
+        if stage is not None:
+            stage = replace(stage, stdout=budget.text(stage.stdout), stderr=budget.text(stage.stderr))
+        if files is not None:
+            files = {key: content for key, content in files.items() if budget.take(len(key) + len(content))}
         if left is not None:
             print(f"forkserver: worker not clean after a job ({left}); retiring", file=sys.stderr, flush=True)
         return JobReport(
@@ -1109,6 +1438,9 @@ class _Server:
             peak_memory_bytes=peak,
             truncated=bool(out_dropped or err_dropped or budget.cut),
             tests=tests,
+            compile=stage,
+            binary=records.build if stage is not None and stage.status == "ok" and not stage.cached else None,
+            files=files,
             message=message,
             retire=left is not None,
         )
@@ -1124,10 +1456,12 @@ def _answer(server: _Server, line: bytes) -> tuple[bytes, bool]:
         return encode_pong(), False  # with this worker's version, whatever the ping's
     try:
         report = server.run_job(request)
+    except ProtocolError as exc:  # found while preparing the job, before anything ran
+        return encode_report(refusal(str(exc))), False
     except Exception as exc:  # the zygote is gone, or a bug here: this worker's state is unknown
         traceback.print_exc()
         message = f"the batch worker broke while running this job ({exc!r:.500}) and was replaced"
-        report = JobReport(status="crashed", message=message, retire=True)
+        report = JobReport(status="service_error", message=message, retire=True)
     return encode_report(report), report.retire
 
 

@@ -22,13 +22,23 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from execbox._models import BatchJob, BatchSummary, ExecutionError, JobResult, JobStatus, TestOutcome
+from execbox._models import (
+    BatchJob,
+    BatchSummary,
+    ExecutionError,
+    JobResult,
+    JobStatus,
+    Language,
+    StageResult,
+    TestOutcome,
+)
 from execbox_server.backends.base import SandboxSpec, Worker, WorkerBackend
 from execbox_server.errors import PoolClosed, PoolExhausted
 from execbox_server.limits import ResolvedJob
@@ -40,14 +50,17 @@ from execbox_server.worker_protocol import (
     JobReport,
     JobRequest,
     JobTests,
+    Program,
     ProtocolError,
+    StageReport,
     TestRecord,
+    build_key,
     decode_report,
     encode_request,
     outcome_count,
 )
 
-__all__ = ["BatchRunner", "ParsedResult", "job_request", "job_result", "parse_result"]
+__all__ = ["BatchRunner", "BuildCache", "ParsedResult", "batch_lanes", "job_request", "job_result", "parse_result"]
 
 log = logging.getLogger("execbox.batch")
 
@@ -60,6 +73,49 @@ RECYCLE_AFTER_JOBS = 20_000
 PIPELINE_DEPTH = 2
 WATCH_INTERVAL_S = 1.0  # how often idle workers are checked for a dead container
 PARSE_INLINE_BYTES = 256 * 1024  # larger result lines are parsed off the event loop
+# A worker container holds the fork server and its warm zygote besides the job: a job given
+# batch_memory_mb must not meet the container's limit first.
+WORKER_OVERHEAD_MB = 256
+
+
+def batch_lanes(settings: Settings, jobs: int, concurrency: int | None = None) -> int:
+    """Workers one batch of ``jobs`` uses at once: at most ``batch_lanes`` (the CPU count)."""
+    per_batch = settings.batch_lanes or os.cpu_count() or 1
+    return max(1, min(jobs, per_batch, settings.batch_workers, concurrency or jobs))
+
+
+class BuildCache:
+    """Builds of compiled programs by (owner, :func:`build_key`), least recently used first out.
+
+    Per owner, as workers are: a build comes back from a worker that ran only that owner's jobs,
+    so it is trusted as far as that owner's own code is — never handed to another key.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entry_bytes: int = 8 * 1024 * 1024) -> None:
+        self._entries: OrderedDict[tuple[str | None, str], str] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_entry = max_entry_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, owner: str | None, key: str) -> str | None:
+        build = self._entries.get((owner, key))
+        if build is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end((owner, key))
+        return build
+
+    def put(self, owner: str | None, key: str, build: str) -> None:
+        if len(build) > self._max_entry or (owner, key) in self._entries:
+            return
+        self._entries[(owner, key)] = build
+        self._bytes += len(build)
+        while self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
 
 
 class BatchRunner:
@@ -68,7 +124,9 @@ class BatchRunner:
         self._settings = settings
         self._backend = backend
         self._idle: list[Worker] = []
+        self._idle_since: dict[int, float] = {}  # id(worker) -> when it was last released
         self._alive = 0
+        self.builds = BuildCache()
         self._changed = asyncio.Condition()
         self._closed = False
         self._warm_task: asyncio.Task[None] | None = None
@@ -82,10 +140,22 @@ class BatchRunner:
         self._watch_task = loop.create_task(self._watch_idle())
 
     async def _watch_idle(self) -> None:
-        """Replace idle workers whose container died, so the counts stay true between batches."""
+        """Replace idle workers whose container died, so the counts stay true between batches,
+        and remove those beyond the warm minimum that a burst left idle."""
         while not self._closed:
             await asyncio.sleep(WATCH_INTERVAL_S)
             await self._prune_dead_idle()
+            await self._retire_idle()
+
+    async def _retire_idle(self) -> None:
+        now = time.monotonic()
+        keep = self._settings.batch_min_workers
+        for worker in list(self._idle):  # oldest releases first
+            if len(self._idle) <= keep:
+                return
+            if now - self._idle_since.get(id(worker), now) >= self._settings.batch_idle_s:
+                self._idle.remove(worker)
+                await self._discard(worker)
 
     async def _prune_dead_idle(self) -> None:
         # A worker whose container died while idle (killed from outside, the engine restarted)
@@ -93,6 +163,7 @@ class BatchRunner:
         # back crashed.
         for worker in [w for w in self._idle if w.reader.at_eof()]:
             self._idle.remove(worker)
+            self._idle_since.pop(id(worker), None)
             log.warning("idle batch worker %s is gone; replacing it", worker.short_id)
             await self._discard(worker)
 
@@ -119,6 +190,22 @@ class BatchRunner:
 
     def stats(self) -> dict[str, int]:
         return {"alive": self._alive, "idle": len(self._idle)}
+
+    async def run_one(self, owner: str | None, job: ResolvedJob, *, queue_timeout_s: float) -> JobResult:
+        """Run one job on a worker of ``owner``'s, waiting at most ``queue_timeout_s`` for one.
+
+        Raises:
+            PoolExhausted: no worker could be had in time (``retry_after`` set).
+            PoolClosed: the service is shutting down.
+        """
+        worker = await self._acquire(owner, timeout_s=queue_timeout_s)
+        results: list[JobResult] = []
+
+        async def keep(result: JobResult) -> None:
+            results.append(result)
+
+        await self.run(owner, [job], keep, first=worker)
+        return results[0]
 
     # ------------------------------------------------------------------ batches
 
@@ -159,7 +246,7 @@ class BatchRunner:
             self._metrics.batch_jobs.labels(result.status.value).inc()
             await on_result(result)
 
-        n = min(len(jobs), self._settings.batch_workers, concurrency or len(jobs))
+        n = batch_lanes(self._settings, len(jobs), concurrency)
         if first is None:
             first = await self._acquire(owner)
         lanes = [self._lane(owner, queue, emit, first)]
@@ -227,6 +314,8 @@ class BatchRunner:
                     parsed = await asyncio.to_thread(parse_result, index, job.job, line, limit=limit)
                 else:
                     parsed = parse_result(index, job.job, line, limit=job.limits.max_output_bytes)
+                if parsed.build is not None:
+                    self.builds.put(worker.owner, build_key(job.job.language.value, job.job.code), parsed.build)
                 await emit(parsed.result)
                 if not parsed.worker_ok:
                     # The worker could not be made clean after this job, or sent what no sound
@@ -250,12 +339,15 @@ class BatchRunner:
                     await asyncio.shield(self._release(worker))
 
     def _send(self, worker: Worker, index: int, resolved: ResolvedJob) -> None:
-        worker.writer.write(encode_request(job_request(resolved)))
+        build = None
+        if _compiled(resolved.job):
+            build = self.builds.get(worker.owner, build_key(resolved.job.language.value, resolved.job.code))
+        worker.writer.write(encode_request(job_request(resolved, build=build)))
 
     # ------------------------------------------------------------------ workers
 
-    async def _acquire(self, owner: str | None) -> Worker:
-        deadline = time.monotonic() + self._settings.acquire_timeout_s
+    async def _acquire(self, owner: str | None, *, timeout_s: float | None = None) -> Worker:
+        deadline = time.monotonic() + (self._settings.acquire_timeout_s if timeout_s is None else timeout_s)
         while True:
             if self._closed:
                 raise PoolClosed("the service is shutting down")
@@ -265,6 +357,7 @@ class BatchRunner:
                 mine = mine or next((w for w in self._idle if w.owner is None), None)
                 if mine is not None:
                     self._idle.remove(mine)
+                    self._idle_since.pop(id(mine), None)
                     mine.owner = owner
                     return mine
                 start_new = self._alive < self._settings.batch_workers
@@ -272,6 +365,7 @@ class BatchRunner:
                 if not start_new and self._idle:
                     # Never lend another key's worker: destroy it and start a fresh one.
                     evict = self._idle.pop(0)
+                    self._idle_since.pop(id(evict), None)
                     start_new = True
                 if start_new:
                     self._alive += 1  # reserve the slot before the engine call
@@ -301,7 +395,8 @@ class BatchRunner:
         if not reserved:
             self._alive += 1
         try:
-            spec = SandboxSpec(memory_mb=self._settings.batch_memory_mb, cpus=self._settings.batch_cpus)
+            memory = self._settings.batch_memory_mb + WORKER_OVERHEAD_MB
+            spec = SandboxSpec(memory_mb=memory, cpus=self._settings.batch_cpus)
             worker: Worker = await self._backend.start_worker(spec)
             return worker
         except BaseException:
@@ -315,6 +410,7 @@ class BatchRunner:
             return
         async with self._changed:
             self._idle.append(worker)
+            self._idle_since[id(worker)] = time.monotonic()
             self._changed.notify_all()
 
     async def _discard(self, worker: Worker) -> None:
@@ -331,6 +427,7 @@ class ParsedResult:
     result: JobResult
     worker_ok: bool = True
     reason: str | None = None  # why the worker may not
+    build: str | None = None  # a fresh build of the job's program, for the cache
 
 
 _MAX_DEPTH = 64  # nesting of a test value in a response (pydantic serializes deeper ones poorly)
@@ -353,16 +450,22 @@ def parse_result(index: int, job: BatchJob, line: bytes, *, limit: int) -> Parse
         reason = f"the batch worker sent a malformed result ({str(exc)[:300]}); the worker was replaced"
         return ParsedResult(_failed(index, job, reason), worker_ok=False, reason=reason)
     result = job_result(index, job, report, limit=limit)
+    # Only a build the compile of this very job made (the worker sends it before the program runs).
+    build = report.binary if report.compile is not None and report.compile.status == "ok" else None
     if report.retire:
         return ParsedResult(result, worker_ok=False, reason="the worker could not be made clean after this job")
-    return ParsedResult(result)
+    return ParsedResult(result, build=build)
 
 
 # ---------------------------------------------------------------------- API models <-> worker records
 
 
-def job_request(resolved: ResolvedJob) -> JobRequest:
-    """What a worker is sent for one job of a batch."""
+def _compiled(job: BatchJob) -> bool:
+    return job.tests is None and job.language is not Language.PYTHON
+
+
+def job_request(resolved: ResolvedJob, *, build: str | None = None) -> JobRequest:
+    """What a worker is sent for one job of a batch; ``build``: a cached build of its program."""
     job, limits, spec = resolved.job, resolved.limits, resolved.job.tests
     tests = None
     if spec is not None:
@@ -375,6 +478,15 @@ def job_request(resolved: ResolvedJob) -> JobRequest:
             stop_on_first_failure=spec.stop_on_first_failure,
             atol=spec.atol,
         )
+    program = None
+    if spec is None:  # a program, run as `python main.py` or compiled and run
+        program = Program(
+            language=job.language.value,
+            compile_timeout_s=limits.compile_timeout_s,
+            files=tuple((job.files or {}).items()),
+            fetch_files=tuple(job.fetch_files or ()),
+            binary=build,
+        )
     return JobRequest(
         code=job.code,
         stdin=job.stdin,
@@ -382,6 +494,7 @@ def job_request(resolved: ResolvedJob) -> JobRequest:
         memory_mb=limits.memory_mb,
         max_output_bytes=limits.max_output_bytes,
         tests=tests,
+        program=program,
     )
 
 
@@ -396,6 +509,8 @@ def job_result(index: int, job: BatchJob, report: JobReport, *, limit: int) -> J
     stderr = budget.text(report.stderr)
     error = budget.error(report.error)
     value = budget.text(report.value) if report.value is not None else None
+    stage = None if report.compile is None else _stage(report.compile, budget)
+    files = None if report.files is None else budget.files(report.files)
     tests = None if report.tests is None else [_test_outcome(job, t, budget) for t in report.tests]
     message = report.message
     if tests is not None and status is JobStatus.OK and _harness_incomplete(job, tests):
@@ -417,7 +532,20 @@ def job_result(index: int, job: BatchJob, report: JobReport, *, limit: int) -> J
         peak_memory_bytes=report.peak_memory_bytes,
         truncated=report.truncated or budget.cut,
         tests=tests,
+        compile=stage,
+        files=files,
         message=message[:_MAX_MESSAGE] if message else _message(status, report.signal),
+    )
+
+
+def _stage(stage: StageReport, budget: _Budget) -> StageResult:
+    return StageResult(
+        status=stage.status,
+        exit_code=stage.exit_code,
+        stdout=budget.text(stage.stdout),
+        stderr=budget.text(stage.stderr),
+        wall_ms=stage.wall_ms,
+        cached=stage.cached,
     )
 
 
@@ -483,6 +611,18 @@ class _Budget:
             return value
         return self.text(text)
 
+    def files(self, files: dict[str, str]) -> dict[str, str]:
+        """Fetched files that fit, whole (a cut file is no file): the others are left out."""
+        kept = {}
+        for path, content in files.items():
+            size = len(path) + len(content)
+            if size > self.left:
+                self.cut = True
+                continue
+            self.left -= size
+            kept[path] = content
+        return kept
+
     def error(self, error: ErrorRecord | None) -> ExecutionError | None:
         if error is None:
             return None
@@ -514,7 +654,8 @@ def _depth(value: Any) -> int:
 
 
 def _failed(index: int, job: BatchJob, message: str) -> JobResult:
-    return JobResult(index=index, id=job.id, status=JobStatus.CRASHED, message=message)
+    """A job the service could not run: no verdict on the program."""
+    return JobResult(index=index, id=job.id, status=JobStatus.SERVICE_ERROR, message=message)
 
 
 def _message(status: JobStatus, signal_name: str | None) -> str | None:
@@ -526,4 +667,6 @@ def _message(status: JobStatus, signal_name: str | None) -> str | None:
         return f"the program was killed by {signal_name or 'a signal'}"
     if status is JobStatus.OUT_OF_MEMORY:
         return "the program ran out of memory"
+    if status is JobStatus.COMPILE_ERROR:
+        return "the program did not compile (see compile.stderr)"
     return None

@@ -17,24 +17,29 @@ its requests to these) resolve their limits here and nowhere else:
                 max_output_bytes  EXECBOX_MAX_OUTPUT_BYTES     EXECBOX_MAX_OUTPUT_BYTES_LIMIT
     execution   timeout_s         the session's timeout_s      EXECBOX_MAX_TIMEOUT_S
     batch job   timeout_s         EXECBOX_BATCH_DEFAULT_TIMEOUT_S  EXECBOX_MAX_TIMEOUT_S
+                compile_timeout_s EXECBOX_BATCH_COMPILE_TIMEOUT_S  EXECBOX_MAX_TIMEOUT_S
                 memory_mb         EXECBOX_BATCH_MEMORY_MB      EXECBOX_BATCH_MEMORY_MB (the worker's)
                 max_output_bytes  EXECBOX_MAX_OUTPUT_BYTES     EXECBOX_MAX_OUTPUT_BYTES_LIMIT
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from execbox._models import BatchJob, SessionLimits
-from execbox_server.errors import InvalidLimits
+from execbox._models import BatchJob, Language, SessionLimits
+from execbox_server.errors import InvalidLimits, InvalidRequest
 from execbox_server.settings import Settings
+from execbox_server.worker_protocol import sandbox_path
 
 __all__ = [
     "JobLimits",
     "ResolvedJob",
     "batch_jobs",
+    "check_program",
     "execution_timeout",
     "job_limits",
     "one_shot_limits",
@@ -45,6 +50,7 @@ __all__ = [
 # keeps them equal), as (minimum, whether the minimum itself is allowed).
 _FLOORS: dict[str, tuple[float, bool]] = {
     "timeout_s": (0, False),
+    "compile_timeout_s": (0, False),
     "cpus": (0, False),
     "max_output_bytes": (1024, True),
 }
@@ -61,6 +67,7 @@ class JobLimits:
     timeout_s: float
     memory_mb: int
     max_output_bytes: int
+    compile_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +141,7 @@ def job_limits(
     timeout_s: float | None = None,
     memory_mb: int | None = None,
     max_output_bytes: int | None = None,
+    compile_timeout_s: float | None = None,
 ) -> JobLimits:
     """The limits of one batch job. A job runs inside a worker, so it can have at most the
     worker's memory (``batch_memory_mb``), which is also its default.
@@ -154,7 +162,39 @@ def job_limits(
             s.max_output_bytes_limit,
             "EXECBOX_MAX_OUTPUT_BYTES_LIMIT",
         ),
+        compile_timeout_s=_resolve(
+            "compile_timeout_s", compile_timeout_s, s.batch_compile_timeout_s, s.max_timeout_s, "EXECBOX_MAX_TIMEOUT_S"
+        ),
     )
+
+
+def check_program(job: BatchJob) -> None:
+    """What a job asks of its worker besides limits: its files' paths and contents, tests in Python.
+
+    Raises:
+        InvalidRequest: a path outside the job's scratch, content that is not base64, tests for a
+            language other than Python.
+    """
+    if job.tests is not None and job.language is not Language.PYTHON:
+        raise InvalidRequest(
+            f"tests run in Python only; for {job.language.value}, send one job per case (stdin in, stdout to compare)"
+        )
+    for path, content in (job.files or {}).items():
+        _check_path(path, "files")
+        try:
+            base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"files[{path[:100]!r}] is not base64") from None
+    for path in job.fetch_files or []:
+        _check_path(path, "fetch_files")
+
+
+def _check_path(path: str, field: str) -> None:
+    if sandbox_path(path) is None:
+        raise InvalidRequest(
+            f"{field}: {path[:100]!r} is outside the job's scratch: give a path relative to the working directory "
+            "(/home/sandbox) or an absolute one under /home/sandbox or /tmp"
+        )
 
 
 def batch_jobs(settings: Settings, jobs: Sequence[BatchJob]) -> list[ResolvedJob]:
@@ -169,10 +209,15 @@ def batch_jobs(settings: Settings, jobs: Sequence[BatchJob]) -> list[ResolvedJob
     for index, job in enumerate(jobs):
         try:
             limits = job_limits(
-                settings, timeout_s=job.timeout_s, memory_mb=job.memory_mb, max_output_bytes=job.max_output_bytes
+                settings,
+                timeout_s=job.timeout_s,
+                memory_mb=job.memory_mb,
+                max_output_bytes=job.max_output_bytes,
+                compile_timeout_s=job.compile_timeout_s,
             )
-        except InvalidLimits as exc:
-            raise InvalidLimits(f"job {index}: {exc.message}; no job of the batch was run") from None
+            check_program(job)
+        except (InvalidLimits, InvalidRequest) as exc:
+            raise type(exc)(f"job {index}: {exc.message}; no job of the batch was run") from None
         resolved.append(ResolvedJob(job, limits))
     return resolved
 

@@ -75,13 +75,50 @@ class Settings(BaseSettings):
     max_code_bytes: int = Field(1_000_000, ge=1, description="Largest code accepted in a request.")
 
     # --- batch (fork-server workers)
-    batch_workers: int = Field(2, ge=1, description="Most fork-server worker containers alive at once.")
+    # A worker runs one job at a time, so concurrent one-job requests (/run_code: verl sends one
+    # request per test case, 32 at once) need as many workers as jobs in flight, most of them
+    # waiting on a sleep or a wall-clock timeout rather than a CPU. A batch request uses at most
+    # batch_lanes of them: CPU-bound harness work gains nothing from more workers than cores.
+    batch_workers: int = Field(16, ge=1, description="Most fork-server worker containers alive at once.")
+    batch_lanes: int | None = Field(
+        None, ge=1, description="Most workers one batch request uses at once. Unset: the host's CPU count."
+    )
     batch_min_workers: int = Field(1, ge=0, description="Warm workers started ahead of the first batch.")
-    batch_memory_mb: int = Field(1024, ge=128, description="Memory of one worker container (jobs run one at a time).")
+    batch_idle_s: float = Field(
+        60.0, gt=0, description="Workers beyond batch_min_workers that stay idle this long are removed."
+    )
+    batch_memory_mb: int = Field(
+        1024,
+        ge=128,
+        description="Memory of one batch job: its default and its maximum (the worker container gets 256 MiB more "
+        "for the fork server).",
+    )
     batch_cpus: float = Field(1.0, gt=0, description="CPU quota of one worker container.")
     batch_default_timeout_s: float = Field(10.0, gt=0, description="Timeout of a job that gives none.")
+    batch_compile_timeout_s: float = Field(10.0, gt=0, description="Compile timeout of a job that gives none (cpp).")
     batch_max_jobs: int = Field(10_000, ge=1, description="Most jobs in one batch request.")
     max_batch_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest batch request body.")
+
+    # --- SandboxFusion compatibility (/run_code, /run_jupyter, /v1/ping)
+    sandboxfusion_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A second listener serving only the SandboxFusion routes without an API key (verl sends none). "
+        "0: off.",
+    )
+    sandboxfusion_host: str = Field("127.0.0.1", description="Address of the SandboxFusion listener.")
+    sandboxfusion_key: SecretStr | None = Field(
+        None,
+        description="The API key whose quotas and workers the keyless SandboxFusion listener uses; required when "
+        "EXECBOX_API_KEYS is set, and must be one of them.",
+    )
+    sandboxfusion_queue_s: float = Field(
+        8.0,
+        gt=0,
+        description="How long a /run_code request waits for a worker before it is answered 504 (verl retries only "
+        "504; its HTTP timeout is compile + run + 10 s).",
+    )
 
     # --- the HTTP edge: per-key quotas and slow clients
     # Unset quotas are derived from the global limits when two or more keys are configured
@@ -155,6 +192,13 @@ class Settings(BaseSettings):
             raise ValueError("EXECBOX_MAX_OUTPUT_BYTES must not exceed EXECBOX_MAX_OUTPUT_BYTES_LIMIT")
         if self.min_ready > self.max_total:
             raise ValueError("EXECBOX_MIN_READY must not exceed EXECBOX_MAX_TOTAL")
+        if self.sandboxfusion_port:
+            keys = {k.get_secret_value() for k in self.api_keys}
+            if keys and (self.sandboxfusion_key is None or self.sandboxfusion_key.get_secret_value() not in keys):
+                raise ValueError(
+                    "EXECBOX_SANDBOXFUSION_PORT with EXECBOX_API_KEYS needs EXECBOX_SANDBOXFUSION_KEY, one of the "
+                    "keys: the keyless listener acts as that key"
+                )
         if not self.api_keys and not _is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host} without authentication: set EXECBOX_API_KEYS or listen on 127.0.0.1"

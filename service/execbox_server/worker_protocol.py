@@ -9,13 +9,20 @@ Newline-delimited JSON on the worker's unix socket, one client at a time; every 
 is answered by exactly one line, in order::
 
     host -> worker                                   worker -> host
-    {"op": "ping", "v": 1}                           {"pong": true, "v": 1}
-    {"v": 1, "code": ..., "stdin": ...,              {"status": ..., "stdout": ..., "stderr": ...,
+    {"op": "ping", "v": 2}                           {"pong": true, "v": 2}
+    {"v": 2, "code": ..., "stdin": ...,              {"status": ..., "stdout": ..., "stderr": ...,
      "timeout_s": ..., "memory_mb": ...,              "error": ..., "value": ..., "exit_code": ...,
-     "max_output_bytes": ..., "tests": ...}           ..., "tests": [...], "message": ..., "retire": ...}
+     "max_output_bytes": ..., "tests": ...,           ..., "tests": [...], "compile": {...},
+     "program": {"language": ..., "files": ...}}      "binary": ..., "files": {...}, "message": ..., "retire": ...}
+
+Languages: :data:`LANGUAGES` is the one table of what a job can be written in — where its source
+goes, how it is compiled and run. Adding a language is one entry here (and its toolchain in the
+image). A compiled language's build is sent back once (``binary``) so the host can cache it by
+:func:`build_key` and send it with the next job of the same source (``program.binary``): verl sends
+one program once per test case, and only the first compiles.
 
 Versions: ``v`` is :data:`PROTOCOL_VERSION`; a line without it is version 1, the protocol as it was
-before it carried a version (the same fields). A worker answers a ping with its own version,
+before it carried a version. A worker answers a ping with its own version,
 whatever the ping carried, so the host can refuse a worker built from another tree
 (:func:`decode_pong`); a worker answers a job request of another version with a ``crashed`` report
 that says so (:func:`refusal`) rather than guessing what its fields mean.
@@ -28,13 +35,19 @@ host spends the job's ``max_output_bytes`` on what reaches its response. Unknown
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import math
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 __all__ = [
+    "HOME",
     "JOB_STATUSES",
+    "LANGUAGES",
     "PROTOCOL_VERSION",
     "TEST_STATUSES",
     "Case",
@@ -43,11 +56,15 @@ __all__ = [
     "JobRequest",
     "JobStatusName",
     "JobTests",
+    "LanguageSpec",
     "Ping",
+    "Program",
     "ProtocolError",
+    "StageReport",
     "TestRecord",
     "TestStatusName",
     "VersionMismatch",
+    "build_key",
     "decode_pong",
     "decode_report",
     "decode_request",
@@ -57,16 +74,78 @@ __all__ = [
     "encode_request",
     "outcome_count",
     "refusal",
+    "sandbox_path",
 ]
 
 # Raise it whenever a field's name, type or meaning changes; both ends come from one tree.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
-JobStatusName = Literal["ok", "error", "timeout", "out_of_memory", "output_limit", "crashed"]
+# ``crashed``: the program died of a signal it did not ask for; ``service_error``: the worker could
+# not run the job at all (a broken request, a worker that cannot be made clean) — no verdict.
+JobStatusName = Literal[
+    "ok", "error", "timeout", "out_of_memory", "output_limit", "crashed", "compile_error", "service_error"
+]
+StageStatusName = Literal["ok", "error", "timeout"]
 # ``not_run``: the program ended before the harness reported the test.
 TestStatusName = Literal["passed", "failed", "error", "timeout", "not_run"]
 JOB_STATUSES: Final[frozenset[str]] = frozenset(get_args(JobStatusName))
 TEST_STATUSES: Final[frozenset[str]] = frozenset(get_args(TestStatusName))
+STAGE_STATUSES: Final[frozenset[str]] = frozenset(get_args(StageStatusName))
+
+HOME: Final = "/home/sandbox"  # a job's working directory in the worker (the image's sandbox user)
+_WRITABLE = (HOME + "/", "/tmp/")  # where a job's files may go: its scratch, emptied after every job
+MAX_PATH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageSpec:
+    """How a job in one language runs in the worker, in its working directory :data:`HOME`.
+
+    ``compile`` and ``run`` are argv lists. ``run=None`` means the worker's warm Python runs the
+    source in-process, as ``python <source>`` would (``__name__ == "__main__"``, ``__file__``
+    set), without an interpreter start. ``artifact`` is what ``compile`` builds: the worker sends
+    it back so the host can cache it by :func:`build_key`.
+    """
+
+    source: str
+    compile: tuple[str, ...] | None = None
+    artifact: str | None = None
+    run: tuple[str, ...] | None = None
+
+
+# SandboxFusion links -lcrypto -lssl -lpthread; -O2 because reward programs are judged on time.
+LANGUAGES: Final[dict[str, LanguageSpec]] = {
+    "python": LanguageSpec(source="main.py"),
+    "cpp": LanguageSpec(
+        source="main.cpp",
+        compile=("g++", "-std=c++17", "-O2", "-o", "main", "main.cpp", "-lcrypto", "-lssl", "-lpthread"),
+        artifact="main",
+        run=("./main",),
+    ),
+}
+
+
+def build_key(language: str, code: str) -> str:
+    """The compile cache's key: the same source under the same compile command builds the same."""
+    spec = LANGUAGES[language]
+    digest = hashlib.sha256()
+    for part in (language, "\0".join(spec.compile or ()), code):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00\xff")
+    return digest.hexdigest()
+
+
+def sandbox_path(path: str) -> str | None:
+    """``path`` of a job's file as an absolute path inside the job's scratch, or None if it is not one.
+
+    Relative paths are relative to :data:`HOME`; absolute ones must lie under HOME or ``/tmp``.
+    ``..`` is resolved by name (the worker then opens it as the sandbox user: no symlink it makes
+    reaches further than that user can).
+    """
+    if not path or len(path) > MAX_PATH or "\0" in path:
+        return None
+    full = posixpath.normpath(posixpath.join(HOME, path))
+    return full if full.startswith(_WRITABLE) else None
 
 _INT32 = 2**31
 _MAX_SIGNAL_NAME = 16
@@ -135,6 +214,17 @@ def outcome_count(*, assertions: bool, cases: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Program:
+    """A job run as a program of :data:`LANGUAGES`: its files, its compile step, what to fetch."""
+
+    language: str
+    compile_timeout_s: float = 10.0
+    files: tuple[tuple[str, str], ...] = ()  # (path, base64 content), written before it starts
+    fetch_files: tuple[str, ...] = ()  # read back after it ends, whatever the ending
+    binary: str | None = None  # base64 of a cached build of this source: no compile
+
+
+@dataclass(frozen=True, slots=True)
 class JobRequest:
     """One job, with the limits the host resolved for it (the worker clamps them again)."""
 
@@ -144,6 +234,7 @@ class JobRequest:
     max_output_bytes: int
     stdin: str | None = None
     tests: JobTests | None = None
+    program: Program | None = None
 
 
 def encode_ping() -> bytes:
@@ -159,8 +250,19 @@ def encode_request(request: JobRequest) -> bytes:
         "memory_mb": request.memory_mb,
         "max_output_bytes": request.max_output_bytes,
         "tests": None if request.tests is None else _tests_wire(request.tests),
+        "program": None if request.program is None else _program_wire(request.program),
     }
     return json.dumps(payload).encode() + b"\n"
+
+
+def _program_wire(program: Program) -> dict[str, Any]:
+    return {
+        "language": program.language,
+        "compile_timeout_s": program.compile_timeout_s,
+        "files": [list(f) for f in program.files],
+        "fetch_files": list(program.fetch_files),
+        "binary": program.binary,
+    }
 
 
 def _tests_wire(tests: JobTests) -> dict[str, Any]:
@@ -190,7 +292,7 @@ def decode_request(line: bytes | str) -> JobRequest | Ping:
             return Ping(_version(raw))
         if not _ours(_version(raw)):
             raise VersionMismatch(_mismatch(PROTOCOL_VERSION, _version(raw)))
-        tests = raw.get("tests")
+        tests, program = raw.get("tests"), raw.get("program")
         return JobRequest(
             code=_get(raw, "code", str),
             stdin=_get(raw, "stdin", str, None),
@@ -198,11 +300,33 @@ def decode_request(line: bytes | str) -> JobRequest | Ping:
             memory_mb=_get(raw, "memory_mb", int),
             max_output_bytes=_get(raw, "max_output_bytes", int),
             tests=None if tests is None else _job_tests(tests),
+            program=None if program is None else _program(program),
         )
     except ProtocolError:
         raise
     except Exception as exc:  # whatever the line held: one exception type for the caller
         raise ProtocolError(f"a broken request ({exc!r:.200})") from exc
+
+
+def _program(raw: object) -> Program:
+    if not isinstance(raw, dict):
+        raise ProtocolError("program is not an object")
+    language = _get(raw, "language", str)
+    if language not in LANGUAGES:
+        raise ProtocolError(f"unknown language {language[:30]!r}")
+    files = _get(raw, "files", list, [])
+    if not all(isinstance(f, list) and len(f) == 2 and all(type(x) is str for x in f) for f in files):
+        raise ProtocolError("a file is not a [path, base64] pair")
+    fetch = _get(raw, "fetch_files", list, [])
+    if not all(type(f) is str for f in fetch):
+        raise ProtocolError("a fetch_files entry is not a string")
+    return Program(
+        language=language,
+        compile_timeout_s=_float(raw, "compile_timeout_s", 10.0),
+        files=tuple((f[0], f[1]) for f in files),
+        fetch_files=tuple(fetch),
+        binary=_get(raw, "binary", str, None),
+    )
 
 
 def _job_tests(raw: object) -> JobTests:
@@ -248,6 +372,18 @@ class TestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StageReport:
+    """How a program's compile step ended (its output is cut to the job's limit by the worker)."""
+
+    status: StageStatusName
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_ms: float = 0.0
+    cached: bool = False  # the host sent a build of this source: no compiler ran
+
+
+@dataclass(frozen=True, slots=True)
 class JobReport:
     """How one job ended. Every text field together fits the job's ``max_output_bytes``."""
 
@@ -263,6 +399,9 @@ class JobReport:
     peak_memory_bytes: int | None = None
     truncated: bool = False
     tests: tuple[TestRecord, ...] | None = None  # one per test, in order, for a test-mode job
+    compile: StageReport | None = None  # a program with a compile step
+    binary: str | None = None  # base64 of a fresh build (the compile ran and succeeded)
+    files: dict[str, str] | None = None  # a program's fetch_files that existed: path -> base64
     message: str | None = None
     retire: bool = False  # the worker could not be made clean after this job: it serves no other
 
@@ -288,7 +427,7 @@ def decode_pong(line: bytes | str) -> None:
 
 def refusal(reason: str) -> JobReport:
     """The worker's answer to a request it cannot decode (another version, a broken line)."""
-    return JobReport(status="crashed", message=f"the batch worker refused the request: {reason}")
+    return JobReport(status="service_error", message=f"the batch worker refused the request: {reason}")
 
 
 def _error_wire(error: ErrorRecord | None) -> dict[str, Any] | None:
@@ -312,10 +451,24 @@ def encode_report(report: JobReport) -> bytes:
         "peak_memory_bytes": report.peak_memory_bytes,
         "truncated": report.truncated,
         "tests": None if report.tests is None else [_test_wire(t) for t in report.tests],
+        "compile": None if report.compile is None else _stage_wire(report.compile),
+        "binary": report.binary,
+        "files": report.files,
         "message": report.message,
         "retire": report.retire,
     }
     return json.dumps(payload).encode() + b"\n"
+
+
+def _stage_wire(stage: StageReport) -> dict[str, Any]:
+    return {
+        "status": stage.status,
+        "exit_code": stage.exit_code,
+        "stdout": stage.stdout,
+        "stderr": stage.stderr,
+        "wall_ms": stage.wall_ms,
+        "cached": stage.cached,
+    }
 
 
 def _test_wire(test: TestRecord) -> dict[str, Any]:
@@ -372,6 +525,9 @@ def _report(raw: dict[str, Any], count: int | None) -> JobReport:
         peak_memory_bytes=_get(raw, "peak_memory_bytes", int, None),
         truncated=_get(raw, "truncated", bool, False),
         tests=_tests(raw.get("tests"), count),
+        compile=_stage(raw.get("compile")),
+        binary=_base64(raw, "binary"),
+        files=_files(raw.get("files")),
         message=_get(raw, "message", str, None),
         retire=_get(raw, "retire", bool, False),
     )
@@ -408,6 +564,47 @@ def _test(i: int, raw: object) -> TestRecord:
         error=_error(raw.get("error")),
         duration_ms=_number(raw, "duration_ms") or 0.0,
     )
+
+
+def _stage(raw: object) -> StageReport | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError("compile is not an object")
+    status = _get(raw, "status", str)
+    if status not in STAGE_STATUSES:
+        raise ProtocolError(f"unknown compile status {status[:30]!r}")
+    exit_code = _get(raw, "exit_code", int, None)
+    if exit_code is not None and not -_INT32 <= exit_code < _INT32:
+        raise ProtocolError("compile exit_code out of range")
+    return StageReport(
+        status=status,  # checked against STAGE_STATUSES above
+        exit_code=exit_code,
+        stdout=_get(raw, "stdout", str, ""),
+        stderr=_get(raw, "stderr", str, ""),
+        wall_ms=_number(raw, "wall_ms") or 0.0,
+        cached=_get(raw, "cached", bool, False),
+    )
+
+
+def _base64(raw: dict[str, Any], name: str) -> str | None:
+    value = _get(raw, name, str, None)
+    if value is not None:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"{name} is not base64") from exc
+    return value  # type: ignore[no-any-return]
+
+
+def _files(raw: object) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError("files is not an object")
+    for path in raw:
+        _base64(raw, path)
+    return dict(raw)
 
 
 def _error(raw: object) -> ErrorRecord | None:

@@ -37,6 +37,7 @@ __all__ = [
     "FileInfo",
     "JobResult",
     "JobStatus",
+    "Language",
     "OneShotRequest",
     "Resources",
     "Result",
@@ -44,6 +45,7 @@ __all__ = [
     "SessionCreate",
     "SessionInfo",
     "SessionLimits",
+    "StageResult",
     "StderrEvent",
     "StdoutEvent",
     "TestCase",
@@ -308,7 +310,13 @@ class OneShotRequest(ExecuteRequest):
 class JobStatus(StrEnum):
     """How one batch job ended.
 
-    ``crashed``: killed by a signal it did not ask for (segfault, ``os.abort()``).
+    Every status but ``service_error`` is a verdict on the program:
+
+    - ``crashed``: the program was killed by a signal it did not ask for (segfault, ``os.abort()``).
+    - ``compile_error``: the compiler refused the program (``compile`` has its output); nothing ran.
+    - ``timeout``: the run (or, with ``compile.status == "timeout"``, the compile) ran out of time.
+    - ``service_error``: the service could not run the job (its worker was lost, the engine is down);
+      says nothing about the program: run it again. Never score it as a failure.
     """
 
     OK = "ok"
@@ -317,6 +325,35 @@ class JobStatus(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     OUTPUT_LIMIT = "output_limit"
     CRASHED = "crashed"
+    COMPILE_ERROR = "compile_error"
+    SERVICE_ERROR = "service_error"
+
+    @property
+    def is_verdict(self) -> bool:
+        """Whether this says something about the program (everything but ``service_error``)."""
+        return self is not JobStatus.SERVICE_ERROR
+
+
+class Language(StrEnum):
+    """Languages a batch job can be written in (cpp runs only where the sandbox image has g++)."""
+
+    PYTHON = "python"
+    CPP = "cpp"
+
+
+class StageResult(_Model):
+    """How a job's compile step ended."""
+
+    status: Literal["ok", "error", "timeout"] = Field(
+        description="ok: exit 0; error: the compiler failed (exit_code says how); timeout: killed at compile_timeout_s."
+    )
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_ms: float = 0.0
+    cached: bool = Field(
+        default=False, description="The build came from the compile cache (same source, same compiler): nothing ran."
+    )
 
 
 class TestCase(_Model):
@@ -351,10 +388,26 @@ class TestOutcome(_Model):
 class BatchJob(_Request):
     id: str | None = Field(default=None, max_length=200, description="Your id, echoed in the result.")
     code: str
+    language: Language = Field(
+        default=Language.PYTHON,
+        description="python runs in a warm interpreter as `python main.py` would; cpp is built with "
+        "g++ -std=c++17 -O2.",
+    )
     stdin: str | None = None
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, description="Of the run (a compile has compile_timeout_s).")
+    compile_timeout_s: float | None = Field(default=None, gt=0, description="Of the compile step (cpp).")
     memory_mb: int | None = Field(default=None, ge=16)
     max_output_bytes: int | None = Field(default=None, ge=1024)
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="Files written before the program starts: path -> base64 content. Paths are relative to the "
+        "working directory (/home/sandbox) or absolute under /home/sandbox or /tmp.",
+    )
+    fetch_files: list[str] | None = Field(
+        default=None,
+        description="Files read back after the program ends (also after a timeout), same paths; missing ones are "
+        "left out. Their bytes count against max_output_bytes.",
+    )
     tests: TestSpec | None = None
 
 
@@ -386,6 +439,8 @@ class JobResult(_Model):
     peak_memory_bytes: int | None = None
     truncated: bool = False
     tests: list[TestOutcome] | None = None
+    compile: StageResult | None = Field(default=None, description="The compile step, for a compiled language.")
+    files: dict[str, str] | None = Field(default=None, description="The fetch_files that existed: path -> base64.")
     message: str | None = None
 
     @property
@@ -423,6 +478,8 @@ _JOB_TO_EXECUTION = {
     JobStatus.OUT_OF_MEMORY: ExecutionStatus.OUT_OF_MEMORY,
     JobStatus.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
     JobStatus.CRASHED: ExecutionStatus.KERNEL_DIED,
+    JobStatus.COMPILE_ERROR: ExecutionStatus.ERROR,
+    JobStatus.SERVICE_ERROR: ExecutionStatus.KERNEL_DIED,
 }
 
 

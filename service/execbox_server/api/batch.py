@@ -12,6 +12,7 @@ from execbox_server.api.deps import Owner, ServicesDep
 from execbox_server.api.openapi import BODY, LEASE, error_responses, stream_response
 from execbox_server.api.streaming import model_response, ndjson_stream, on_client_disconnect
 from execbox_server.api.validation import check_code_size
+from execbox_server.batch import batch_lanes
 from execbox_server.errors import RequestTooLarge
 from execbox_server.limits import ResolvedJob, batch_jobs
 from execbox_server.settings import Settings
@@ -43,7 +44,7 @@ def _check(body: BatchRequest, settings: Settings) -> list[ResolvedJob]:
 
 def _lanes(body: BatchRequest, settings: Settings) -> int:
     """Workers this batch would use without a quota (the runner's own rule)."""
-    return min(len(body.jobs), settings.batch_workers, body.concurrency or len(body.jobs))
+    return batch_lanes(settings, len(body.jobs), body.concurrency)
 
 
 @router.post(

@@ -89,10 +89,10 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_a_malformed_result_crashes_its_job_and_retires_the_worker(name: str) -> None:
+def test_a_malformed_result_is_a_service_error_and_retires_the_worker(name: str) -> None:
     parsed = parse_result(3, PLAIN_JOB, HOSTILE[name], limit=4096)
     assert not parsed.worker_ok
-    assert parsed.result.status is JobStatus.CRASHED and parsed.result.index == 3
+    assert parsed.result.status is JobStatus.SERVICE_ERROR and parsed.result.index == 3
     assert parsed.result.message and "malformed" in parsed.result.message
     parsed.result.model_dump_json()  # and the response can be written
 
@@ -111,7 +111,7 @@ HOSTILE_TESTS = {
 @pytest.mark.parametrize("name", list(HOSTILE_TESTS))
 def test_malformed_test_outcomes_crash_the_job(name: str) -> None:
     parsed = parse_result(0, CASES_JOB, line(ok_raw(tests=HOSTILE_TESTS[name])), limit=4096)
-    assert not parsed.worker_ok and parsed.result.status is JobStatus.CRASHED
+    assert not parsed.worker_ok and parsed.result.status is JobStatus.SERVICE_ERROR
 
 
 def test_a_sound_result_keeps_its_worker_and_gets_the_cases_from_the_request() -> None:
@@ -304,7 +304,7 @@ async def test_jobs_queued_in_a_retiring_worker_run_on_a_fresh_one() -> None:
 async def test_a_worker_that_sends_garbage_is_replaced_and_the_batch_goes_on() -> None:
     backend = FakeWorkerBackend([[b"[" * 60_000 + b"\n", None]])  # deep, within the stream's line limit
     results = await run_batch(backend, 3)
-    assert results[0].status is JobStatus.CRASHED and "malformed" in (results[0].message or "")
+    assert results[0].status is JobStatus.SERVICE_ERROR and "malformed" in (results[0].message or "")
     assert [(r.id, r.status) for r in results[1:]] == [("j1", JobStatus.OK), ("j2", JobStatus.OK)]
     assert backend.started[0] in backend.destroyed
 

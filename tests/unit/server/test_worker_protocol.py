@@ -117,9 +117,9 @@ def test_ping_and_pong_carry_the_version() -> None:
     assert json.loads(encode_pong()) == {"pong": True, "v": PROTOCOL_VERSION}
 
 
-def test_the_refusal_of_a_request_is_a_crashed_report_that_keeps_the_worker() -> None:
+def test_the_refusal_of_a_request_is_a_service_error_that_keeps_the_worker() -> None:
     report = decode_report(encode_report(refusal("why")), tests=None)
-    assert report.status == "crashed" and not report.retire
+    assert report.status == "service_error" and not report.retire
     assert report.message is not None and "refused the request: why" in report.message
 
 
@@ -127,7 +127,7 @@ def test_the_refusal_of_a_request_is_a_crashed_report_that_keeps_the_worker() ->
 
 
 def test_a_request_of_another_version_is_refused_with_what_to_do() -> None:
-    line = encode_request(REQUESTS["plain"]).replace(b'"v": 1', b'"v": 2')
+    line = encode_request(REQUESTS["plain"]).replace(b'"v": %d' % PROTOCOL_VERSION, b'"v": 99')
     with pytest.raises(VersionMismatch) as caught:
         decode_request(line)
     assert "version mismatch" in str(caught.value) and "build.sh" in str(caught.value)
@@ -135,8 +135,8 @@ def test_a_request_of_another_version_is_refused_with_what_to_do() -> None:
 
 def test_a_pong_of_another_version_is_refused_with_what_to_do() -> None:
     with pytest.raises(VersionMismatch) as caught:
-        decode_pong(b'{"pong": true, "v": 2}\n')
-    assert "the batch worker speaks 2, the service 1" in str(caught.value)
+        decode_pong(b'{"pong": true, "v": 99}\n')
+    assert f"the batch worker speaks 99, the service {PROTOCOL_VERSION}" in str(caught.value)
     assert "rebuild" in str(caught.value)
 
 
@@ -149,12 +149,15 @@ def test_only_the_integer_version_is_this_version(version: object) -> None:
         decode_request(json.dumps(fields))
 
 
-def test_lines_without_a_version_are_version_1_the_protocol_before_versions() -> None:
-    # What a worker image and a service of before the versioned protocol send: the same fields.
-    assert PROTOCOL_VERSION == 1
-    decode_pong(b'{"id": null, "pong": true}\n')
+def test_lines_without_a_version_are_version_1_and_refused_by_version_2() -> None:
+    # What a worker image and a service of before the versioned protocol send. Version 2 added
+    # programs (languages, files, builds): an old worker would run a C++ job as Python.
+    assert PROTOCOL_VERSION == 2
+    with pytest.raises(VersionMismatch):
+        decode_pong(b'{"id": null, "pong": true}\n')
     old = {"id": "j0", "code": "print(1)", "stdin": None, "timeout_s": 10.0, "memory_mb": 512}
-    assert decode_request(json.dumps({**old, "max_output_bytes": 1024, "tests": None})).code == "print(1)"  # type: ignore[union-attr]
+    with pytest.raises(VersionMismatch):
+        decode_request(json.dumps({**old, "max_output_bytes": 1024, "tests": None}))
     report = decode_report(ok_line(id="j0", stdout="1\n", retire=False), tests=None)  # an unknown field is ignored
     assert report.stdout == "1\n"
 

@@ -42,7 +42,9 @@ def container_args(
     """Keyword arguments of docker-py's ``containers.run`` for one sandbox."""
     s = settings
     mem = f"{spec.memory_mb}m"
-    tmpfs_opts = f"size={s.tmpfs_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev"
+    # exec: a compiled job runs its build from HOME (Docker's tmpfs default is noexec). It is no
+    # boundary to lose: the sandbox user can run any code from Python already.
+    tmpfs_opts = f"size={s.tmpfs_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,nosuid,nodev,exec"
     return {
         "image": s.image,
         "detach": True,

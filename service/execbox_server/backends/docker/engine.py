@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import secrets
@@ -28,7 +27,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import requests.exceptions
 
@@ -152,12 +151,10 @@ class Engine:
 
     async def reap_orphans(self) -> int:
         """Remove containers of execbox instances that no longer hold their lock."""
-        containers = await self.call(
-            "lifecycle", lambda: self.docker.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})
-        )
+        containers = await self._list({"label": f"{LABEL_MANAGED}=1"})
         dead: set[str] = set()
         for container in containers:
-            owner = container.labels.get(LABEL_INSTANCE, "")
+            owner = (container.get("Labels") or {}).get(LABEL_INSTANCE, "")
             if owner and owner != self.instance_id and owner not in dead and self._instance_is_dead(owner):
                 dead.add(owner)
         removed = 0
@@ -188,7 +185,7 @@ class Engine:
         """Remove a container and its host directory. Never raises."""
         if container_id is not None:
             try:
-                await self.call("control", lambda: self.docker.api.remove_container(container_id, force=True))
+                await self._remove_now(container_id)
             except SandboxGone:
                 pass
             except EngineUnavailable as exc:
@@ -212,7 +209,7 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 try:
-                    await self.call("control", lambda: self.docker.api.remove_container(container_id, force=True))
+                    await self._remove_now(container_id)
                 except SandboxGone:
                     return
                 except (EngineUnavailable, docker.errors.APIError):
@@ -225,12 +222,21 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     async def remove_where(self, labels: dict[str, str]) -> int:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        containers = await self.call("lifecycle", lambda: self.docker.containers.list(all=True, filters=filters))
+        containers = await self._list({"label": [f"{k}={v}" for k, v in labels.items()]})
         for container in containers:
             with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
-                await self.call("control", functools.partial(container.remove, force=True))
+                await self._remove_now(str(container["Id"]))
         return len(containers)
+
+    async def _remove_now(self, container_id: str) -> None:
+        await self.call("control", lambda: self.docker.api.remove_container(container_id, force=True))
+
+    async def _list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        # The engine's list as it answers it, in one call: docker-py's containers.list() inspects
+        # each container after listing, and one removed meanwhile (by a neighbour instance)
+        # would fail the whole listing.
+        answer = await self.call("lifecycle", lambda: self.docker.api.containers(all=True, filters=filters))
+        return list(answer)
 
     async def call(self, purpose: Purpose, fn: Callable[[], T], *, timeout: float | None = None) -> T:
         """Run a blocking docker-py call in ``purpose``'s thread pool under a deadline.
