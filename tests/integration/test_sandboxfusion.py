@@ -137,6 +137,25 @@ def test_python_exit_code_is_the_return_code(server: LocalServer) -> None:
     assert (resp.run_result.status, resp.run_result.return_code, resp.run_result.stdout) == ("Finished", 3, "bye\n")
 
 
+def test_output_beyond_a_pipe_buffer_arrives_whole(server: LocalServer) -> None:
+    # SandboxFusion reads its pipes only after the exit, so there a program writing more than
+    # ~192 KiB blocks until its timeout; execbox drains the output as it comes.
+    code = "import sys\nsys.stdout.write('x' * 300_000)\nsys.stderr.write('y' * 200_000)"
+    resp = run(server.url, code, run_timeout=5)
+    assert resp.status is sf.RunStatus.Success, resp.run_result and resp.run_result.status
+    assert resp.run_result is not None
+    assert resp.run_result.stdout == "x" * 300_000 and resp.run_result.stderr == "y" * 200_000
+
+
+def test_output_over_the_limit_fails_the_run_and_says_why(server: LocalServer) -> None:
+    resp = run(server.url, "while True:\n    print('x' * 10_000)", run_timeout=10)
+    # No new status (the client would refuse it): a Failed run that Finished with a non-zero code.
+    assert resp.status is sf.RunStatus.Failed, resp
+    assert resp.run_result is not None and resp.run_result.status is sf.CommandRunStatus.Finished
+    assert resp.run_result.return_code not in (0, None)
+    assert "output limit" in (resp.run_result.stderr or "")
+
+
 def test_python_timeout_keeps_the_output_written_so_far(server: LocalServer) -> None:
     code = (
         "import sys, time\n"
@@ -291,17 +310,38 @@ def test_cpp_compile_error_skips_the_run(server: LocalServer) -> None:
     assert summary(resp) == "CompileFailed"
 
 
+def test_cpp_compile_timeout_skips_the_run(server: LocalServer, verl: ModuleType, verl_url: str) -> None:
+    # Each static_assert makes g++ evaluate tens of millions of constexpr steps (seconds each):
+    # sixteen of them cannot compile within a second on any machine.
+    code = (
+        "template <int N> constexpr long spin() { long s = N;"
+        " for (long i = 0; i < 200000; ++i) for (long j = 0; j < 200000; ++j) s += i ^ j; return s; }\n"
+        + "".join(f"static_assert(spin<{n}>() != 1);\n" for n in range(16))
+        + "int main() { return 0; }\n"
+    )
+    resp = run(server.url, code, "cpp", compile_timeout=1)
+    assert resp.status is sf.RunStatus.Failed and resp.message == "", resp
+    assert resp.compile_result is not None
+    assert resp.compile_result.status is sf.CommandRunStatus.TimeLimitExceeded
+    assert resp.compile_result.return_code is None
+    assert resp.run_result is None
+    assert summary(resp) == "CompileTimeout"
+    results, meta = verl.check_correctness(verl_url, {"inputs": [""], "outputs": [""]}, code, timeout=1, language="cpp")
+    assert results == [-4] and meta[0]["status"] == "compile_timeout", meta
+
+
 @pytest.mark.parametrize(
     ("body", "return_code"),
     [
         ('std::cout << "bye" << std::endl; return 3;', 3),
         ('std::cout << "bye" << std::endl; std::abort();', -6),  # a signal is a negative return code
+        ('std::cout << "bye" << std::endl; std::raise(SIGSEGV);', -11),
     ],
 )
 def test_cpp_runtime_error_is_a_failed_run_with_its_return_code(
     server: LocalServer, body: str, return_code: int
 ) -> None:
-    code = "#include <iostream>\n#include <cstdlib>\nint main() { " + body + " }"
+    code = "#include <iostream>\n#include <csignal>\n#include <cstdlib>\nint main() { " + body + " }"
     resp = run(server.url, code, "cpp")
     assert resp.status is sf.RunStatus.Failed and resp.message == "", resp
     assert resp.compile_result is not None and resp.compile_result.return_code == 0
