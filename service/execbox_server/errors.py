@@ -14,6 +14,7 @@
     ├── FileTooLarge                  413 file_too_large
     ├── SandboxUnavailable            409 sandbox_unavailable: the session's sandbox is being replaced
     ├── PoolExhausted                 503 pool_exhausted (Retry-After)
+    ├── QueueTimeout                  504 queue_timeout (Retry-After): no worker within the request's own budget
     ├── PoolWarming                   503 pool_warming: /readyz before the pool is warm
     ├── PoolClosed                    503 shutting_down
     ├── EngineUnavailable             503 engine_unavailable (Retry-After)
@@ -46,6 +47,7 @@ __all__ = [
     "PoolClosed",
     "PoolExhausted",
     "PoolWarming",
+    "QueueTimeout",
     "QuotaExceeded",
     "RequestTooLarge",
     "SandboxStartFailed",
@@ -148,6 +150,17 @@ class SandboxUnavailable(ServiceError):
 class PoolExhausted(ServiceError):
     status_code = 503
     code = ErrorCode.POOL_EXHAUSTED
+
+
+class QueueTimeout(ServiceError):
+    """No worker could be had within the request's own time budget (the SandboxFusion routes).
+
+    A 504, not a 503: the RL stacks that call these routes retry a 504 (verl retries nothing else),
+    and a fast 504 they retry beats a request that waits until their own HTTP timeout.
+    """
+
+    status_code = 504
+    code = ErrorCode.QUEUE_TIMEOUT
 
 
 class PoolWarming(ServiceError):

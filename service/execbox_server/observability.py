@@ -55,6 +55,18 @@ class Metrics:
             "execbox_output_truncations", "Executions whose output the caps cut.", ["kind"], registry=r
         )
         self.batch_jobs = Counter("execbox_batch_jobs", "Batch jobs by status.", ["status"], registry=r)
+        self.queue_timeouts = Counter(
+            "execbox_queue_timeouts",
+            "Requests answered 504 because no worker or kernel could be had within their own budget, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.sandboxfusion_replies = Counter(
+            "execbox_sandboxfusion_replies",
+            "SandboxFusion-compatible replies by route and status (Success, Failed, SandboxError).",
+            ["route", "status"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "execbox_http_requests",
             "HTTP requests by method, route and status.",

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"  # 429: this key holds its share
     POOL_EXHAUSTED = "pool_exhausted"  # 503: no kernel or worker became free in time
     POOL_WARMING = "pool_warming"  # 503 from /readyz
+    QUEUE_TIMEOUT = "queue_timeout"  # 504: no worker within the request's own budget (SandboxFusion routes)
     # The service
     ENGINE_UNAVAILABLE = "engine_unavailable"  # 503: the container engine does not answer
     SANDBOX_START_FAILED = "sandbox_start_failed"  # 503

@@ -17,7 +17,7 @@
         ├── RateLimitError            too_many_sessions, quota_exceeded (retry_after)
         ├── InternalServerError       internal_error, and any other 5xx
         └── ServiceUnavailableError   pool_warming, sandbox_start_failed, shutting_down
-            ├── PoolExhaustedError        pool_exhausted (retry_after)
+            ├── PoolExhaustedError        pool_exhausted, queue_timeout (504; retry_after)
             └── EngineUnavailableError    engine_unavailable
 
 One table, keyed by :class:`~execbox.ErrorCode`, gives every code its class and the HTTP
@@ -180,6 +180,7 @@ _BY_CODE: dict[ErrorCode, _Mapping] = {
     ErrorCode.QUOTA_EXCEEDED: _Mapping(429, RateLimitError),
     ErrorCode.POOL_EXHAUSTED: _Mapping(503, PoolExhaustedError),
     ErrorCode.POOL_WARMING: _Mapping(503, ServiceUnavailableError),
+    ErrorCode.QUEUE_TIMEOUT: _Mapping(504, PoolExhaustedError),
     ErrorCode.ENGINE_UNAVAILABLE: _Mapping(503, EngineUnavailableError),
     ErrorCode.SANDBOX_START_FAILED: _Mapping(503, ServiceUnavailableError),
     ErrorCode.SHUTTING_DOWN: _Mapping(503, ServiceUnavailableError),

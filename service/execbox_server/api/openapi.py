@@ -73,6 +73,7 @@ _RETRY_AFTER = frozenset(
         ErrorCode.TOO_MANY_SESSIONS,
         ErrorCode.QUOTA_EXCEEDED,
         ErrorCode.POOL_EXHAUSTED,
+        ErrorCode.QUEUE_TIMEOUT,
         ErrorCode.ENGINE_UNAVAILABLE,
         ErrorCode.SANDBOX_UNAVAILABLE,
     }
