@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from execbox_server.api import batch, execute, files, health, sessions
+from execbox_server.api import batch, execute, files, health, sandboxfusion, sessions
 from execbox_server.api.deps import Services, authenticate
 from execbox_server.api.openapi import install_openapi, operation_id
 from execbox_server.backends.base import SandboxSpec, ServiceBackend
@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
     app.include_router(execute.router)
     app.include_router(batch.router)
     app.include_router(files.router)
+    app.include_router(sandboxfusion.router)
     # The last added runs first: RequestLog -> KeyCheck -> BodySizeLimit. The key is checked
     # before the size: an unauthenticated caller learns nothing, and no body byte is read for
     # it. (That a client still sending its body can read such an early answer is the HTTP
@@ -147,7 +148,8 @@ async def _shutdown(services: Services) -> None:
 
 
 class KeyCheck:
-    """Refuse a ``/v1`` request without a valid key before any byte of its body is read.
+    """Refuse an API request (``/v1``, the SandboxFusion routes) without a valid key before any byte
+    of its body is read.
 
     FastAPI reads and parses a request's body before it resolves dependencies, so the check
     in ``get_owner`` alone lets anyone make the server read and parse up to the body limit.
@@ -176,7 +178,7 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 
 def _is_api_path(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return path == "/v1" or path.startswith("/v1/") or path in sandboxfusion.SANDBOXFUSION_PATHS
 
 
 class BodySizeLimit:
@@ -193,7 +195,8 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
-        if path.startswith("/v1/batch"):
+        # A SandboxFusion request is a one-job batch, files included (base64 in the JSON body).
+        if path.startswith("/v1/batch") or path in sandboxfusion.SANDBOXFUSION_PATHS:
             limit, setting = self.batch_max_bytes, "EXECBOX_MAX_BATCH_BODY_BYTES"
         elif "/files/" in path:
             limit, setting = self.file_max_bytes, "EXECBOX_MAX_FILE_BYTES"
