@@ -405,7 +405,13 @@ def _run_as_program(job: ChildJob, program: ChildProgram, result_fd: int) -> int
     if program["compile"] is not None and not _build(job, program["compile"], program, result_fd):
         return 1
     if program["run"] is None:
-        return _run_program(job, result_fd, path=program["source"])
+        try:
+            return _run_program(job, result_fd, path=program["source"])
+        finally:
+            # Its own source, removed by the job itself (the server, root without DAC rights,
+            # cannot enter HOME): a job that leaves nothing else needs no cleaner after it.
+            with contextlib.suppress(OSError):
+                os.unlink(program["source"])
     _exec(job, program["run"], result_fd)
 
 
