@@ -7,17 +7,18 @@ with ``await`` and slept with ``asyncio.sleep``. A unit test checks both expose 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 
 from execbox._base import Call, ClientCore, StreamCall, translate
-from execbox._batch import Jobs, MapCollector
+from execbox._batch import BatchRun, InOrder, Jobs, map_jobs, same, size_of
 from execbox._compat import Self
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
+from execbox._progress import Bar, progress_bar
 from execbox._routes import Routes
 from execbox._streams import Callbacks, OnResult, OnText, missing_done
 
@@ -88,29 +89,30 @@ class AsyncClient:
 
     async def map(
         self,
-        codes: Sequence[str],
+        codes: Iterable[str],
         *,
         concurrency: int | None = None,
         timeout_s: float | None = None,
         memory_mb: int | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> list[Execution]:
-        """Run many programs, each in its own fresh process (see :meth:`Client.map`)."""
-        collector = MapCollector(codes, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress)
-        try:
-            async for result in self.batch_stream(collector.jobs, concurrency=concurrency):
-                collector.add(result)
-        except ExecboxError as exc:
-            collector.fail(exc)
-        return collector.finish()
+        """Run many programs, each in its own fresh process; any number, in input order (see :meth:`Client.map`)."""
+        jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
+        run = BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)
+        return await self._in_order(
+            run, InOrder(JobResult.to_execution), progress_bar(size_of(codes), "exec", progress)
+        )
 
-    async def batch(self, jobs: Jobs, *, concurrency: int | None = None) -> list[JobResult]:
-        """Run a batch of programs; results in input order (see :meth:`Client.batch`)."""
-        return sorted([r async for r in self.batch_stream(jobs, concurrency=concurrency)], key=lambda r: r.index)
+    async def batch(
+        self, jobs: Jobs, *, concurrency: int | None = None, progress: bool | None = None
+    ) -> list[JobResult]:
+        """Run a batch of programs of any size; results in input order (see :meth:`Client.batch`)."""
+        run = BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)
+        return await self._in_order(run, InOrder(same), progress_bar(size_of(jobs), "job", progress))
 
     def batch_stream(self, jobs: Jobs, *, concurrency: int | None = None) -> AsyncIterator[JobResult]:
         """Run a batch, yielding each result as it completes (see :meth:`Client.batch_stream`)."""
-        return self._stream(self._routes.batch_stream(jobs, concurrency))
+        return self._run_batch(BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits))
 
     def session(
         self, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
@@ -119,6 +121,31 @@ class AsyncClient:
         return _AsyncSessionContext(self, timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
 
     # ------------------------------------------------------------------ sending (the sync twin does not await)
+
+    async def _in_order(self, run: BatchRun, ordered: InOrder[T], bar: Bar) -> list[T]:
+        try:
+            async for result in self._run_batch(run):
+                ordered.add(result)
+                bar.update(1)
+        finally:
+            bar.close()
+        return ordered.finish(run.read)
+
+    async def _run_batch(self, run: BatchRun) -> AsyncIterator[JobResult]:
+        """Drive ``run`` (see :class:`~execbox._batch.BatchRun`): one request per chunk, in turn."""
+        while (chunk := run.next_chunk()) is not None:
+            for ready in run.ready():
+                yield ready
+            try:
+                async for result in self._stream(self._routes.batch_chunk(chunk)):
+                    yield run.accept(chunk, result)
+                for missing in run.finished(chunk):
+                    yield missing
+            except ExecboxError as exc:
+                for failed in run.failed(chunk, exc):
+                    yield failed
+        for ready in run.ready():
+            yield ready
 
     async def _call(self, call: Call[T]) -> T:
         return call.parse(await self._send(self._core.build(self._http, call)))

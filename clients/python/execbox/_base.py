@@ -20,12 +20,13 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from execbox._batch import ChunkLimits
 from execbox._exceptions import (
     APIConnectionError,
     APITimeoutError,
     ExecboxError,
-    PoolExhaustedError,
     RateLimitError,
+    ServiceUnavailableError,
     make_status_error,
 )
 from execbox._models import lenient_json
@@ -60,12 +61,17 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class StreamCall(Generic[E]):
-    """A POST whose NDJSON answer a fresh ``decoder()`` turns into items of type ``E``."""
+    """A POST whose NDJSON answer a fresh ``decoder()`` turns into items of type ``E``.
+
+    The body is ``body`` as JSON, or ``content``: JSON bytes built already (a batch chunk,
+    whose jobs were serialized one by one as they were read).
+    """
 
     path: str
-    body: dict[str, Any]
+    body: dict[str, Any] | None
     timeout: httpx.Timeout
     decoder: Callable[[], StreamDecoder[E]]
+    content: bytes | None = None
 
 
 class ClientCore:
@@ -79,6 +85,9 @@ class ClientCore:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.max_retries = max_retries
+        # The size of one batch request: safe defaults, lowered to what this server's refusals
+        # name, and remembered for the client's later batches.
+        self.batch_limits = ChunkLimits()
 
     def http_timeout(self, read: float | None = None) -> httpx.Timeout:
         """Connect within 10 s at most; read within ``read`` (default: the client's timeout)."""
@@ -103,8 +112,16 @@ class ClientCore:
         )
 
     def build_stream(self, http: HttpClient, call: StreamCall[Any]) -> httpx.Request:
+        headers = self.headers()
+        if call.content is not None:
+            headers["Content-Type"] = "application/json"
         return http.build_request(
-            "POST", self.base_url + call.path, json=call.body, headers=self.headers(), timeout=call.timeout
+            "POST",
+            self.base_url + call.path,
+            json=call.body if call.content is None else None,
+            content=call.content,
+            headers=headers,
+            timeout=call.timeout,
         )
 
     # ------------------------------------------------------------------ answers and failures
@@ -122,9 +139,11 @@ class ClientCore:
     def backoff_or_raise(self, attempt: int, exc: Exception) -> float:
         """Seconds to wait before retrying a call whose attempt number ``attempt`` failed with ``exc``.
 
-        Retried: connection failures before the request left, 503 ``pool_exhausted`` and 429,
-        honouring Retry-After. Never retried: anything that may have reached the server and
-        run code (read timeouts, resets after sending, other errors).
+        Retried: connection failures before the request left, 429, and the 503s and 504s by
+        which the server refuses a request before doing any of it (``pool_exhausted``,
+        ``queue_timeout``, ``engine_unavailable``, ``pool_warming``, ...), honouring
+        Retry-After. Never retried: anything that may have reached the server and run code
+        (read timeouts, resets after sending, 500s).
 
         Raises:
             ExecboxError: the SDK's error for ``exc`` (httpx errors translated), when it is not retried.
@@ -141,7 +160,7 @@ class ClientCore:
     def _delay(self, attempt: int, error: Exception, *, sent: bool) -> float | None:
         if attempt >= self.max_retries:
             return None
-        if isinstance(error, PoolExhaustedError | RateLimitError):
+        if isinstance(error, ServiceUnavailableError | RateLimitError):
             hint = error.retry_after
             return min(MAX_BACKOFF_S, hint if hint is not None else _backoff(attempt))
         if isinstance(error, APIConnectionError) and not sent:

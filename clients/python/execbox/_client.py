@@ -9,17 +9,18 @@ else lives once in the I/O-free core (``_base``, ``_routes``, ``_streams``, ``_b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
 import httpx
 
 from execbox._base import Call, ClientCore, StreamCall, translate
-from execbox._batch import Jobs, MapCollector
+from execbox._batch import BatchRun, InOrder, Jobs, map_jobs, same, size_of
 from execbox._compat import Self
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
+from execbox._progress import Bar, progress_bar
 from execbox._routes import Routes
 from execbox._streams import Callbacks, OnResult, OnText, missing_done
 
@@ -106,42 +107,54 @@ class Client:
 
     def map(
         self,
-        codes: Sequence[str],
+        codes: Iterable[str],
         *,
         concurrency: int | None = None,
         timeout_s: float | None = None,
         memory_mb: int | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> list[Execution]:
         """Run many programs, each isolated in its own fresh process; one Execution per input, in order.
 
         Runs on the batch path (warm fork-server workers): plain Python, no IPython magics
         or rich display; the value of a trailing expression becomes ``Execution.text``.
-        ``concurrency`` caps how many run at once (the server's worker count caps it too).
-        A failure of the service after retries comes back as data: every unfinished input
-        gets an Execution with status ``error`` whose ``error.name`` is the SDK exception's
-        class name.
-        """
-        collector = MapCollector(codes, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress)
-        try:
-            for result in self.batch_stream(collector.jobs, concurrency=concurrency):
-                collector.add(result)
-        except ExecboxError as exc:
-            collector.fail(exc)
-        return collector.finish()
+        Any number of inputs (a generator too): they are sent in chunks within the server's
+        limits, read one chunk at a time. ``concurrency`` caps how many run at once (the
+        server's worker count caps it too). ``progress``: a bar on stderr (None: when stderr
+        is a terminal).
 
-    def batch(self, jobs: Jobs, *, concurrency: int | None = None) -> list[JobResult]:
-        """Run a batch of programs (code strings, dicts or :class:`BatchJob`); results in input order.
+        What the service could not run comes back as data, never as a verdict: an Execution
+        with status ``sandbox_lost`` and ``is_verdict`` False, whose ``message`` says why
+        (a chunk that failed after retries, and every input after it, which is not sent).
 
         Raises:
-            PoolExhaustedError (no worker free after retries), RequestTooLargeError, StreamError,
-            APIConnectionError.
+            APIStatusError subclasses for a request the server calls wrong (AuthenticationError,
+            InvalidRequestError for limits above its maxima); pydantic.ValidationError for a bad job.
         """
-        return sorted(self.batch_stream(jobs, concurrency=concurrency), key=lambda r: r.index)
+        jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
+        run = BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)
+        return self._in_order(run, InOrder(JobResult.to_execution), progress_bar(size_of(codes), "exec", progress))
+
+    def batch(self, jobs: Jobs, *, concurrency: int | None = None, progress: bool | None = None) -> list[JobResult]:
+        """Run a batch of programs (code strings, dicts or :class:`BatchJob`); results in input order.
+
+        Any number of jobs, chunked as :meth:`map` does, with the same failure rule: a job the
+        service could not run is a ``service_error`` result (``result.is_verdict`` is False).
+
+        Raises:
+            APIStatusError subclasses for a request the server calls wrong; pydantic.ValidationError.
+        """
+        run = BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)
+        return self._in_order(run, InOrder(same), progress_bar(size_of(jobs), "job", progress))
 
     def batch_stream(self, jobs: Jobs, *, concurrency: int | None = None) -> Iterator[JobResult]:
-        """Run a batch, yielding each :class:`JobResult` as it completes (completion order)."""
-        return self._stream(self._routes.batch_stream(jobs, concurrency))
+        """Run a batch, yielding each :class:`JobResult` as it completes (completion order within a
+        chunk, chunks one after another); ``result.index`` is the job's position in ``jobs``.
+
+        Jobs are read lazily, one chunk at a time: a generator of 100,000 jobs is never held whole.
+        Failures as :meth:`batch`.
+        """
+        return self._run_batch(BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits))
 
     def session(
         self, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
@@ -154,6 +167,27 @@ class Client:
         return self.sessions.create(timeout_s=timeout_s, memory_mb=memory_mb, cpus=cpus)
 
     # ------------------------------------------------------------------ sending (the async twin awaits)
+
+    def _in_order(self, run: BatchRun, ordered: InOrder[T], bar: Bar) -> list[T]:
+        try:
+            for result in self._run_batch(run):
+                ordered.add(result)
+                bar.update(1)
+        finally:
+            bar.close()
+        return ordered.finish(run.read)
+
+    def _run_batch(self, run: BatchRun) -> Iterator[JobResult]:
+        """Drive ``run`` (see :class:`~execbox._batch.BatchRun`): one request per chunk, in turn."""
+        while (chunk := run.next_chunk()) is not None:
+            yield from run.ready()
+            try:
+                for result in self._stream(self._routes.batch_chunk(chunk)):
+                    yield run.accept(chunk, result)
+                yield from run.finished(chunk)
+            except ExecboxError as exc:
+                yield from run.failed(chunk, exc)
+        yield from run.ready()
 
     def _call(self, call: Call[T]) -> T:
         return call.parse(self._send(self._core.build(self._http, call)))

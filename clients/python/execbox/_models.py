@@ -75,7 +75,8 @@ class ExecutionStatus(StrEnum):
     - ``out_of_memory``: the sandbox hit its memory limit and the kernel was killed.
     - ``output_limit``: the code produced more output than the server accepts and was stopped.
     - ``kernel_died``: the kernel process exited or crashed (``os._exit``, a segfault).
-    - ``sandbox_lost``: the sandbox container disappeared (killed from outside, engine failure).
+    - ``sandbox_lost``: the sandbox container disappeared (killed from outside, engine failure),
+      or, from ``Client.map``, the service could not run the code: no verdict on the code.
     """
 
     OK = "ok"
@@ -86,6 +87,11 @@ class ExecutionStatus(StrEnum):
     OUTPUT_LIMIT = "output_limit"
     KERNEL_DIED = "kernel_died"
     SANDBOX_LOST = "sandbox_lost"
+
+    @property
+    def is_verdict(self) -> bool:
+        """Whether this says something about the code (everything but ``sandbox_lost``)."""
+        return self is not ExecutionStatus.SANDBOX_LOST
 
 
 class ExecutionError(_Model):
@@ -176,6 +182,11 @@ class Execution(_Model):
     @property
     def ok(self) -> bool:
         return self.status is ExecutionStatus.OK
+
+    @property
+    def is_verdict(self) -> bool:
+        """False when the service, not the code, decided how this ended (the sandbox was lost)."""
+        return self.status.is_verdict
 
     @property
     def text(self) -> str | None:
@@ -448,6 +459,11 @@ class JobResult(_Model):
         return self.status is JobStatus.OK
 
     @property
+    def is_verdict(self) -> bool:
+        """False for ``service_error``: the service could not run the job; never score it."""
+        return self.status.is_verdict
+
+    @property
     def passed(self) -> bool:
         """Test-case mode: every test passed (and the program itself ran)."""
         return self.ok and (self.tests is None or all(t.passed for t in self.tests))
@@ -479,7 +495,7 @@ _JOB_TO_EXECUTION = {
     JobStatus.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
     JobStatus.CRASHED: ExecutionStatus.KERNEL_DIED,
     JobStatus.COMPILE_ERROR: ExecutionStatus.ERROR,
-    JobStatus.SERVICE_ERROR: ExecutionStatus.KERNEL_DIED,
+    JobStatus.SERVICE_ERROR: ExecutionStatus.SANDBOX_LOST,  # not a verdict, like a lost sandbox
 }
 
 

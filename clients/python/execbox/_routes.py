@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 
 from execbox._base import Call, ClientCore, StreamCall, parse_list, parse_model
-from execbox._batch import Jobs, batch_body, longest_job_s
+from execbox._batch import Chunk
 from execbox._exceptions import ExecboxError
 from execbox._models import (
     ExecuteRequest,
@@ -49,10 +49,10 @@ class Routes:
         body = _one_shot(code, timeout_s, memory_mb, cpus)
         return StreamCall("/v1/execute/stream", body, self._exec_timeout(timeout_s), EventDecoder)
 
-    def batch_stream(self, jobs: Jobs, concurrency: int | None) -> StreamCall[JobResult]:
-        body = batch_body(jobs, concurrency)
-        timeout = self._core.http_timeout(max(self._core.timeout, longest_job_s(body) + BATCH_MARGIN_S))
-        return StreamCall("/v1/batch/stream", body, timeout, JobDecoder)
+    def batch_chunk(self, chunk: Chunk) -> StreamCall[JobResult]:
+        """One request of a batch (see :mod:`execbox._batch`); its results carry indices within it."""
+        timeout = self._core.http_timeout(max(self._core.timeout, chunk.longest_job_s + BATCH_MARGIN_S))
+        return StreamCall("/v1/batch/stream", None, timeout, JobDecoder, content=chunk.body)
 
     # ------------------------------------------------------------------ sessions
 

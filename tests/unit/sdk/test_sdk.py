@@ -246,18 +246,20 @@ def batch_answer(req: httpx.Request, *, cut_after: int | None = None) -> httpx.R
     return httpx.Response(200, content=ndjson(*lines))
 
 
-def test_map_keeps_input_order_and_turns_service_failures_into_data() -> None:
+def test_map_keeps_input_order_and_turns_service_failures_into_data_that_is_no_verdict() -> None:
     with client_with(batch_answer) as client:
         results = client.map(["a", "1/0", "c"])
     assert [r.stdout for r in results] == ["a", "1/0", "c"]
     assert [r.status for r in results] == [ExecutionStatus.OK, ExecutionStatus.ERROR, ExecutionStatus.OK]
+    assert all(r.is_verdict for r in results)
     with client_with(lambda req: batch_answer(req, cut_after=1)) as client:
         cut = client.map(["a", "b", "c"])
-    assert cut[2].ok  # arrived before the cut
-    assert cut[0].status is ExecutionStatus.ERROR and cut[0].error.name == "StreamError"
+    assert cut[2].ok and cut[2].is_verdict  # arrived before the cut
+    assert cut[0].status is ExecutionStatus.SANDBOX_LOST and not cut[0].is_verdict
+    assert cut[0].error is None and "StreamError" in (cut[0].message or "")
     with client_with(lambda req: envelope(500, "internal_error"), max_retries=0) as client:
         failed = client.map(["a", "b"])
-    assert all(r.error and r.error.name == "InternalServerError" for r in failed)
+    assert all(not r.is_verdict and "InternalServerError" in (r.message or "") for r in failed)
 
 
 def test_batch_stream_retries_pool_exhaustion_before_the_stream_starts() -> None:
