@@ -33,7 +33,16 @@ from execbox._models import lenient_json
 from execbox._streams import StreamDecoder
 from execbox._version import __version__
 
-__all__ = ["DEFAULT_TIMEOUT", "Call", "ClientCore", "StreamCall", "parse_list", "parse_model", "translate"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Call",
+    "ClientCore",
+    "StreamCall",
+    "parse_list",
+    "parse_model",
+    "parse_retry_after",
+    "translate",
+]
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -133,7 +142,7 @@ class ClientCore:
             return
         code, message = _error_fields(response)
         raise make_status_error(
-            response.status_code, code, message, retry_after=_retry_after(response.headers.get("retry-after"))
+            response.status_code, code, message, retry_after=parse_retry_after(response.headers.get("retry-after"))
         )
 
     def backoff_or_raise(self, attempt: int, exc: Exception) -> float:
@@ -215,7 +224,8 @@ def _backoff(attempt: int) -> float:
     return base * (0.5 + random.random() / 2)
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (a number or an HTTP date); None without one."""
     if not value:
         return None
     try:
