@@ -17,6 +17,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # The batch worker protocol, one module for the service and the fork server: the image carries it.
 protocol=$(cd "$here/../.." && pwd)/service/execbox_server/worker_protocol.py
+# The typed test values and their judge, the SDK's module: the fork server imports it as execbox_values.
+values=$(cd "$here/../.." && pwd)/clients/python/execbox/_values.py
 image=${EXECBOX_IMAGE:-execbox-sandbox-python:latest}
 # The tag names what the base carries: a new package list gets a new tag, so a base built by an
 # older tree is never reused without it.
@@ -48,7 +50,7 @@ lock="$here/requirements-$(uname -m).lock"
 log() { printf '[images] %s\n' "$*" >&2; }
 
 # Inputs that define the image; the image carries their hash as a label.
-inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py "$protocol" 2>/dev/null | sha256sum | cut -c1-16)
+inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py "$protocol" "$values" 2>/dev/null | sha256sum | cut -c1-16)
 if [ "${1:-}" = --inputs-hash ]; then echo "$inputs_hash"; exit 0; fi
 
 choose_base() {
@@ -109,6 +111,7 @@ prepare_context() {
   local ctx=$1
   mkdir -p "$ctx"
   cp "$here"/Dockerfile "$here"/*.py "$protocol" "$ctx"/
+  cp "$values" "$ctx"/execbox_values.py
   # The image installs requirements.lock: the hash-pinned lock when there is one (pip then
   # checks every wheel's hash), else the plain list.
   if [ -f "$lock" ]; then cp "$lock" "$ctx/requirements.lock"; else cp "$here/requirements.txt" "$ctx/requirements.lock"; fi

@@ -35,6 +35,7 @@ import base64
 import contextlib
 import gc
 import importlib
+import io
 import json
 import math
 import os
@@ -50,8 +51,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, NoReturn, TypedDict
+
+# Beside this file in the image: the SDK's typed values (execbox/_values.py), the same file.
+from execbox_values import ORACLES, EvalPlusJudge, decode_value, encode_value, truncated
 
 # Beside this file in the image (/opt/execbox, on sys.path as the script's directory).
 from worker_protocol import (
@@ -113,8 +118,10 @@ class ChildError(TypedDict):
 class ChildTests(TypedDict):
     entry_point: str | None
     inputs: list[Any]
+    timeouts: list[float]  # one per input: its own limit
     assertions: str | None
     per_test_timeout_s: float
+    semantics: str  # "json" or "evalplus" (typed values, EvalPlus's harness)
 
 
 class ChildProgram(TypedDict):
@@ -141,6 +148,7 @@ class ChildJob(TypedDict):
 
 
 # Child -> server records, one JSON line each on the result pipe:
+#   {"kind": "ready"}  the solution was run: the time of the first case starts (test mode)
 #   {"kind": "value", "text": str}
 #   {"kind": "error", "error": ChildError}
 #   {"kind": "test", "index": int, "status": "returned" | "passed" | "failed" | "error" | "timeout",
@@ -151,7 +159,7 @@ class ChildJob(TypedDict):
 # exec'd with the pipe closed), and only a language with a compile step may send one.
 # The job's own code can write to that pipe too: the server trusts nothing in a record beyond
 # what the job could have produced honestly (a case passes only if its actual value equals the
-# expected one, which the job never had).
+# expected one, which the job never had; a case's time is the server's clock's, not the record's).
 
 _ZYGOTE_JOB = b"J"
 _ZYGOTE_CLEAN = b"C"
@@ -278,13 +286,14 @@ def _compile_with_value(source: str, filename: str = "<job>") -> tuple[Any, Any]
     return compile(tree, filename, "exec"), last
 
 
-def _report(result_fd: int, record: dict[str, Any]) -> None:
+def _report(result_fd: int, record: dict[str, Any], *, typed: bool = False) -> None:
     try:
         data = (json.dumps(record) + "\n").encode("utf-8", "replace")
     except (TypeError, ValueError, RecursionError):
         data = b""
     if len(data) > MAX_RECORD_BYTES and record.get("kind") == "test":
-        record = {**record, "actual": f"<a value of {len(data)} bytes: more than a test value may have>"}
+        too_big = f"<a value of {len(data)} bytes: more than a test value may have>"
+        record = {**record, "actual": truncated(len(data)) if typed else too_big}
         data = (json.dumps(record) + "\n").encode("utf-8", "replace")
     if not data or len(data) > MAX_RECORD_BYTES:
         return
@@ -519,17 +528,22 @@ def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
     Reports what each case returned; the server, which alone has the expected values, judges.
     """
     limit = job["limit"] + 1  # one byte over: the server sees the cut and says so (truncated)
-    per_test = tests["per_test_timeout_s"]
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    evalplus = tests["semantics"] == "evalplus"
+    # EvalPlus exec's the solution in fresh globals (no __name__: `if __name__ == "__main__":`
+    # blocks do not run) and swallows its I/O; the json semantics run it as a script.
+    namespace: dict[str, Any] = {} if evalplus else {"__name__": "__main__", "__builtins__": __builtins__}
     signal.signal(signal.SIGALRM, _alarm)
     try:
-        exec(compile(job["code"], "<solution>", "exec"), namespace)
+        with _swallowed_io(evalplus):
+            exec(compile(job["code"], "<solution>", "exec"), namespace)
     except BaseException as exc:
         _report(result_fd, {"kind": "error", "error": _error_record(exc, limit)})
         _print_exc(exc)
         return 1
     entry = tests["entry_point"]
     if tests["assertions"]:
+        per_test = tests["per_test_timeout_s"]
+        _report(result_fd, {"kind": "ready"})
         started = time.perf_counter()
         outcome: dict[str, Any] = {"kind": "test", "index": 0, "actual": None, "error": None}
         try:
@@ -548,25 +562,71 @@ def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
         _report(result_fd, outcome)
         return 0  # the program ran; the outcome says whether the tests passed
     fn = namespace.get(entry) if entry else None
-    if entry and not callable(fn):
-        _report(result_fd, {"kind": "error", "error": {"name": "NameError", "value": f"no function {entry!r}"}})
+    if not callable(fn):
+        missing = f"no function {entry!r}" if entry else "test cases need an entry_point"
+        _report(result_fd, {"kind": "error", "error": {"name": "NameError", "value": missing}})
         return 1
-    for index, args in enumerate(tests["inputs"]):
-        started = time.perf_counter()
+    encode = encode_value if evalplus else _jsonable
+    _report(result_fd, {"kind": "ready"})
+    for index, raw in enumerate(tests["inputs"]):
+        per_test = tests["timeouts"][index]
         outcome = {"kind": "test", "index": index, "actual": None, "error": None}
+        started = time.perf_counter()
         try:
-            signal.setitimer(signal.ITIMER_REAL, per_test)
-            actual = fn(*args) if isinstance(args, list) else fn(args)  # type: ignore[misc]
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            outcome.update(status="returned", actual=_jsonable(actual))
+            # Decoded afresh for every case: what one call did to its arguments reaches no other.
+            args = decode_value(raw) if evalplus else raw
+            with _swallowed_io(evalplus):
+                signal.setitimer(signal.ITIMER_REAL, per_test)
+                started = time.perf_counter()
+                actual = fn(*args) if isinstance(args, list) else fn(args)
+                duration = time.perf_counter() - started
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            outcome.update(status="returned", actual=encode(actual))
         except _TestTimeout:
+            duration = time.perf_counter() - started
             outcome.update(status="timeout", error=_timeout_error(per_test))
         except BaseException as exc:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            duration = time.perf_counter() - started
             outcome.update(status="error", error=_error_record(exc, limit))
-        outcome["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        _report(result_fd, outcome)
+        outcome["duration_ms"] = round(duration * 1000, 3)
+        _report(result_fd, outcome, typed=evalplus)
     return 0  # the program ran; each outcome says whether its test passed
+
+
+class _NoInput(io.StringIO):
+    """EvalPlus's stdin while the solution runs: reading it raises."""
+
+    def read(self, *args: Any, **kwargs: Any) -> str:
+        raise OSError
+
+    def readline(self, *args: Any, **kwargs: Any) -> str:
+        raise OSError
+
+    def readlines(self, *args: Any, **kwargs: Any) -> list[str]:
+        raise OSError
+
+    def readable(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+class _Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+@contextlib.contextmanager
+def _swallowed_io(swallow: bool) -> Iterator[None]:
+    """EvalPlus's swallow_io: the solution's prints go nowhere, its reads fail."""
+    if not swallow:
+        yield
+        return
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = _NoInput(), _Discard(), _Discard()
+    try:
+        yield
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
 
 
 def _timeout_error(per_test: float) -> ChildError:
@@ -951,17 +1011,21 @@ class _Budget:
         self.left -= size
         return True
 
-    def json(self, value: Any) -> Any:
-        """A JSON value as is when it fits, else its cut JSON text."""
+    def json(self, value: Any, *, typed: bool = False) -> Any:
+        """A JSON value as is when it fits, else its cut JSON text (typed: a ``$truncated``)."""
         if value is None:
             return None
         try:
             text = json.dumps(value, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
             return self.text("<a value that cannot be shown>")
-        if len(text.encode("utf-8", "replace")) <= self.left:
-            self.left -= len(text.encode("utf-8", "replace"))
+        size = len(text.encode("utf-8", "replace"))
+        if size <= self.left:
+            self.left -= size
             return value
+        if typed:  # a cut encoding would decode as another value: say it was not kept
+            self.cut = True
+            return truncated(size)
         return self.text(text)
 
     def error(self, error: ErrorRecord | None) -> ErrorRecord | None:
@@ -999,6 +1063,7 @@ def _clean_error(raw: Any, limit: int) -> ErrorRecord | None:
 
 
 def _equal(actual: Any, expected: Any, atol: float) -> bool:
+    """The json semantics' comparison: JSON-shaped values, floats within ``atol``."""
     if isinstance(expected, float) or isinstance(actual, float):
         try:
             return abs(float(actual) - float(expected)) <= atol
@@ -1009,46 +1074,106 @@ def _equal(actual: Any, expected: Any, atol: float) -> bool:
     return bool(actual == expected)
 
 
-class _Verdicts:
-    """Test outcomes as the job reports them, judged here against values the job never saw."""
+def _allclose(*args: Any, **kwargs: Any) -> Any:
+    # numpy.allclose, as EvalPlus calls it; imported on first use (most jobs never need it).
+    import numpy
 
-    def __init__(self, tests: JobTests, limit: int) -> None:
+    return numpy.allclose(*args, **kwargs)
+
+
+# A case's own time, on the server's clock: the job's SIGALRM can be ignored by the solution,
+# this cannot. Generous: it is a backstop, and the clock includes the pipe and the scheduler.
+def _case_grace(limit: float) -> float:
+    return max(0.5, 0.5 * limit)
+
+
+class _Verdicts:
+    """Test outcomes as the job reports them, judged here against values the job never saw.
+
+    Cases are judged in index order, whatever order the records come in (EvalPlus's judge has
+    state: its atol). The first record for a case wins; the job's own code may write records
+    too, and gains nothing by it: only a returned value is judged, and only here.
+    """
+
+    def __init__(self, tests: JobTests, limit: int, limits: list[float]) -> None:
         self.assertions = bool(tests.assertions)
-        self.expected = [case.expected for case in tests.cases or ()]
+        self.cases = tests.cases or ()
         self.count = tests.count
-        self.stop_first = tests.stop_on_first_failure
-        self.atol = tests.atol or 1e-6
+        self.collect = tests.mode == "collect" and not self.assertions
+        self.typed = tests.semantics == "evalplus"
+        self.stop_first = tests.stop_on_first_failure and not self.collect
+        self.atol = tests.atol if self.typed else (tests.atol or 1e-6)
+        self.oracle = tests.oracle
+        self.judge = EvalPlusJudge(tests.atol, _allclose) if self.typed else None
+        self.limits = limits  # each case's time limit (one for an assertion script)
         self.limit = limit
         self.kept = 0  # bytes of actual values kept for the response (the rest is judged, not kept)
+        self.records: dict[int, tuple[dict[str, Any], int]] = {}  # reported, not judged yet
         self.outcomes: dict[int, TestRecord] = {}
         self.first_failure: int | None = None
+        self.next = 0  # the first case not judged yet
+        self.clock: float | None = None  # when the next case's time started (the server's clock)
+        self.overran: int | None = None  # the case the server's clock ended
 
-    def add(self, record: dict[str, Any], size: int) -> bool:
+    def ready(self, now: float) -> None:
+        """The solution ran: the first case's time starts."""
+        if self.clock is None:
+            self.clock = now
+
+    def deadline(self) -> float | None:
+        """When the case running now has run out of time, on the server's clock."""
+        if self.clock is None or self.next >= self.count or self._done():
+            return None
+        limit = self.limits[self.next]
+        return self.clock + limit + _case_grace(limit)
+
+    def overrun(self) -> None:
+        """The case running now passed its :meth:`deadline`: it timed out, the job is stopped."""
+        index = self.next
+        self.overran = index
+        limit = self.limits[index]
+        error = ErrorRecord(name="TimeoutError", value=f"over {limit}s (the worker's clock; the job ignored its alarm)")
+        self.outcomes[index] = TestRecord(index=index, passed=False, status="timeout", error=error)
+        if self.first_failure is None:
+            self.first_failure = index
+        self.next = self.count  # nothing after it runs: the job is stopped
+
+    def _done(self) -> bool:
+        return self.first_failure is not None and self.stop_first
+
+    def add(self, record: dict[str, Any], size: int, now: float) -> bool:
         """Take one record; True when the job should be stopped (its first failure, if asked)."""
         index = record.get("index")
-        if type(index) is not int or not 0 <= index < self.count or index in self.outcomes:
+        if type(index) is not int or not 0 <= index < self.count or index in self.records or index < self.next:
             return False
-        if self.first_failure is not None and index > self.first_failure:
-            return False
+        self.records[index] = (record, size)
+        if index == self.next:
+            self.clock = now  # the next case's time starts when this one's result arrived
+        while self.next in self.records and not self._done():
+            self._judge(self.next, *self.records.pop(self.next))
+            self.next += 1
+        return self._done()
+
+    def _judge(self, index: int, record: dict[str, Any], size: int) -> None:
         status: Any = record.get("status")  # the job's word: only the values checked below pass
         actual = record.get("actual")
         if self.assertions:
             if status not in ("passed", "failed", "timeout"):
-                return False
+                status, actual = "error", None
             passed = status == "passed"
             actual = None
+        elif status == "returned" and self.collect:
+            passed = False  # no verdict: the value is the outcome
         elif status == "returned":
-            try:
-                passed = _equal(actual, self.expected[index], self.atol)
-            except RecursionError:
-                passed = False
+            passed = self._passes(index, actual)
             status = "passed" if passed else "failed"
         elif status in ("error", "timeout"):
             passed, actual = False, None
-        else:
-            return False
+        else:  # not a status a job reports for a case: no verdict the job could want
+            passed, status, actual = False, "error", None
         if actual is not None and self.kept + size > 2 * self.limit:
-            actual = f"<a value of {size} bytes: over the output limit>"  # judged, not kept
+            # judged, not kept
+            actual = truncated(size) if self.typed else f"<a value of {size} bytes: over the output limit>"
         self.kept += size if actual is not None else 0
         duration = record.get("duration_ms")
         ok_duration = isinstance(duration, int | float) and math.isfinite(duration) and duration >= 0
@@ -1060,16 +1185,38 @@ class _Verdicts:
             error=_clean_error(record.get("error"), self.limit + 1),
             duration_ms=float(duration) if ok_duration else 0.0,  # type: ignore[arg-type]
         )
-        if not passed and self.stop_first and self.first_failure is None:
+        if not passed and not self.collect and self.first_failure is None:
             self.first_failure = index
-            return True
-        return False
+
+    def _passes(self, index: int, actual: Any) -> bool:
+        case = self.cases[index]
+        if self.judge is None:
+            try:
+                return _equal(actual, case.expected, self.atol)
+            except RecursionError:
+                return False
+        oracle = case.oracle or self.oracle
+        try:
+            # The requester's values (the host checked them): decoded here, never in the job.
+            expected = None if oracle in ("returns", "polynomial_root") else decode_value(case.expected)
+            inputs = decode_value(case.input) if oracle == "polynomial_root" else None
+            alternatives = [decode_value(alt) for alt in case.alternatives]
+        except ValueError:
+            return False
+        if case.atol is None:
+            return self.judge.judge(actual, expected, inputs=inputs, oracle=oracle, alternatives=alternatives)
+        # A case's own tolerance (a converted `abs(f(x) - v) < t`): for it alone.
+        return EvalPlusJudge(case.atol, _allclose).judge(
+            actual, expected, inputs=inputs, oracle=oracle, alternatives=alternatives
+        )
 
     def _last(self) -> int:
-        return self.first_failure if self.first_failure is not None else self.count - 1
+        return self.first_failure if self.first_failure is not None and self.stop_first else self.count - 1
 
     def complete(self) -> bool:
         """Whether the harness reported every test it was meant to run."""
+        if self.overran is not None:
+            return True  # stopped by the server's clock: that case failed, the job was ended for it
         return all(i in self.outcomes for i in range(self._last() + 1))
 
     def missing(self) -> int:
@@ -1077,7 +1224,7 @@ class _Verdicts:
 
     def report(self) -> list[TestRecord]:
         """One outcome per test, in order; every test without a verdict counts as not passed."""
-        last = self._last()
+        last = self._last() if self.overran is None else self.overran
         return [self.outcomes[i] if i in self.outcomes and i <= last else _not_run(i) for i in range(self.count)]
 
 
@@ -1095,7 +1242,7 @@ class _Records:
         self.total = 0
         self.error: ErrorRecord | None = None
         self.value: str | None = None
-        self.verdicts = _Verdicts(job.tests, limit) if job.tests is not None else None
+        self.verdicts = _Verdicts(job.tests, limit, _case_limits(job)) if job.tests is not None else None
         self.stop = False  # the first failing test was seen and the job asked to stop there
         program = job.program
         # Only a language with a compile step reports one (its program runs with the pipe closed).
@@ -1134,7 +1281,9 @@ class _Records:
         elif kind == "error" and self.error is None:
             self.error = _clean_error(record.get("error"), self.limit + 1)
         elif kind == "test" and self.verdicts is not None and not self.stop:
-            self.stop = self.verdicts.add(record, len(line))
+            self.stop = self.verdicts.add(record, len(line), time.monotonic())
+        elif kind == "ready" and self.verdicts is not None:
+            self.verdicts.ready(time.monotonic())
         elif kind == "compile" and self.compiles and self.compile is None:
             self._compiled(record)
 
@@ -1161,16 +1310,33 @@ def _number(value: Any, default: float, low: float, high: float) -> float:
     return min(max(float(value), low), high)
 
 
+def _case_limits(job: JobRequest) -> list[float]:
+    """Each test's time limit: its case's own, else the job's per-test one, else the job's."""
+    tests = job.tests
+    if tests is None:
+        return []
+    timeout = _number(job.timeout_s, 10.0, 0.001, 86400.0)
+    per_test = _number(tests.per_test_timeout_s, timeout, 0.001, 86400.0)
+    if tests.assertions:
+        return [per_test]
+    return [_number(case.timeout_s, per_test, 0.001, 86400.0) for case in tests.cases or ()]
+
+
 def _child_job(job: JobRequest, timeout: float, memory: int, limit: int) -> ChildJob:
     tests = job.tests
     child_tests: ChildTests | None = None
     if tests is not None:
+        oracles = {tests.oracle, *(case.oracle for case in tests.cases or ())} - {None}
+        if not oracles <= ORACLES:
+            raise ProtocolError(f"unknown oracle {sorted(map(str, oracles - ORACLES))[0][:30]!r}")
         child_tests = {
             "entry_point": tests.entry_point,
             # Inputs only: the expected values stay here, out of the job's reach.
             "inputs": [case.input for case in tests.cases or ()],
+            "timeouts": _case_limits(job),
             "assertions": tests.assertions,
             "per_test_timeout_s": _number(tests.per_test_timeout_s, timeout, 0.001, 86400.0),
+            "semantics": tests.semantics,
         }
     return {
         "code": job.code,
@@ -1288,10 +1454,18 @@ class _Server:
         # pipes open must not keep the job "running" until its deadline.
         exited, exited_at = False, 0.0
         while open_fds or not exited:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 status = "timeout"
                 break
+            case_deadline = records.verdicts.deadline() if records.verdicts is not None and not exited else None
+            if case_deadline is not None:
+                if now >= case_deadline:
+                    records.verdicts.overrun()  # type: ignore[union-attr]
+                    stopped = True
+                    break
+                remaining = min(remaining, case_deadline - now)
             wfds = [in_w] if in_w >= 0 and stdin else []
             rfds = list(open_fds) + ([] if exited else [pidfd])
             readable, writable, _ = select.select(rfds, wfds, [], min(remaining, 1.0) if not exited else 0.02)
@@ -1409,6 +1583,12 @@ class _Server:
                 f"the program ended (exit code {exit_code}) before the test harness finished: "
                 f"{missing} of {verdicts.count} tests never reported a result and count as not passed"
             )
+        elif verdicts is not None and verdicts.overran is not None:
+            index = verdicts.overran
+            message = (
+                f"test {index} ran past its time limit ({verdicts.limits[index]}s) by the worker's clock; "
+                "the job was stopped there and the tests after it did not run"
+            )
         elif verdicts is not None and stopped:
             message = "stopped after the first failing test (stop_on_first_failure)"
 
@@ -1422,7 +1602,9 @@ class _Server:
         tests = None
         if verdicts is not None:
             tests = tuple(
-                replace(outcome, error=budget.error(outcome.error), actual=budget.json(outcome.actual))
+                replace(
+                    outcome, error=budget.error(outcome.error), actual=budget.json(outcome.actual, typed=verdicts.typed)
+                )
                 for outcome in verdicts.report()
             )
         if stage is not None:

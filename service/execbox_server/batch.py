@@ -37,8 +37,10 @@ from execbox._models import (
     JobStatus,
     Language,
     StageResult,
+    TestCase,
     TestOutcome,
 )
+from execbox._values import truncated
 from execbox_server.backends.base import SandboxSpec, Worker, WorkerBackend
 from execbox_server.errors import PoolClosed, PoolExhausted
 from execbox_server.limits import ResolvedJob
@@ -444,8 +446,9 @@ def parse_result(index: int, job: BatchJob, line: bytes, *, limit: int) -> Parse
     """
     spec = job.tests
     count = None if spec is None else outcome_count(assertions=bool(spec.assertions), cases=len(spec.cases or []))
+    collect = spec is not None and spec.mode == "collect" and not spec.assertions
     try:
-        report = decode_report(line, tests=count)
+        report = decode_report(line, tests=count, collect=collect)
     except ProtocolError as exc:
         reason = f"the batch worker sent a malformed result ({str(exc)[:300]}); the worker was replaced"
         return ParsedResult(_failed(index, job, reason), worker_ok=False, reason=reason)
@@ -472,11 +475,14 @@ def job_request(resolved: ResolvedJob, *, build: str | None = None) -> JobReques
         tests = JobTests(
             entry_point=spec.entry_point,
             # The worker keeps the expected values to itself: the job's process never gets them.
-            cases=None if spec.cases is None else tuple(Case(c.input, c.expected) for c in spec.cases),
+            cases=None if spec.cases is None else tuple(_case(c) for c in spec.cases),
             assertions=spec.assertions,
             per_test_timeout_s=spec.per_test_timeout_s,
             stop_on_first_failure=spec.stop_on_first_failure,
             atol=spec.atol,
+            semantics=spec.semantics,
+            mode=spec.mode,
+            oracle=spec.oracle,
         )
     program = None
     if spec is None:  # a program, run as `python main.py` or compiled and run
@@ -495,6 +501,17 @@ def job_request(resolved: ResolvedJob, *, build: str | None = None) -> JobReques
         max_output_bytes=limits.max_output_bytes,
         tests=tests,
         program=program,
+    )
+
+
+def _case(case: TestCase) -> Case:
+    return Case(
+        input=case.input,
+        expected=case.expected,
+        timeout_s=case.timeout_s,
+        alternatives=tuple(case.alternatives or ()),
+        oracle=case.oracle,
+        atol=case.atol,
     )
 
 
@@ -552,26 +569,29 @@ def _stage(stage: StageReport, budget: _Budget) -> StageResult:
 def _test_outcome(job: BatchJob, record: TestRecord, budget: _Budget) -> TestOutcome:
     spec = job.tests
     case = spec.cases[record.index] if spec is not None and spec.cases and not spec.assertions else None
+    typed = spec is not None and spec.semantics == "evalplus"
+    collect = spec is not None and spec.mode == "collect"
     return TestOutcome(
         index=record.index,
         passed=record.passed,
         status=record.status,
         error=budget.error(record.error),
-        actual=budget.json(record.actual),
-        input=budget.json(case.input) if case is not None else None,
-        expected=budget.json(case.expected) if case is not None else None,
+        actual=budget.json(record.actual, typed=typed),
+        # A collect job's caller has its inputs: echoing 750 of them back only costs its budget.
+        input=budget.json(case.input, typed=typed) if case is not None and not collect else None,
+        expected=budget.json(case.expected, typed=typed) if case is not None and not collect else None,
         duration_ms=record.duration_ms,
     )
 
 
 def _harness_incomplete(job: BatchJob, tests: list[TestOutcome]) -> bool:
     """Whether a test was left unrun without a failure before it that explains it."""
-    stop_first = job.tests is not None and job.tests.stop_on_first_failure
+    stop_first = job.tests is not None and job.tests.stop_on_first_failure and job.tests.mode == "check"
     for outcome in tests:
         if outcome.status == "not_run":
             return True
-        if not outcome.passed and stop_first:
-            return False  # the rest were skipped on purpose
+        if outcome.status == "timeout" or (not outcome.passed and stop_first and outcome.status != "returned"):
+            return False  # the rest were skipped on purpose (the worker stops a job at an overrun)
     return False
 
 
@@ -597,18 +617,25 @@ class _Budget:
         self.left -= len(kept.encode())
         return kept
 
-    def json(self, value: Any) -> Any:
-        """A JSON value as it is when it fits (and is shallow), else its JSON text, cut."""
+    def json(self, value: Any, *, typed: bool = False) -> Any:
+        """A JSON value as it is when it fits (and is shallow), else its JSON text, cut.
+
+        ``typed``: a typed value (execbox._values), which a cut text would turn into another
+        value: it becomes ``{"$truncated": size}`` instead.
+        """
         if value is None:
             return None
         try:
             text = json.dumps(value, ensure_ascii=False)
             size = len(text.encode())
         except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-            return self.text("<a value that cannot be shown>")
+            return truncated(0) if typed else self.text("<a value that cannot be shown>")
         if size <= self.left and _depth(value) <= _MAX_DEPTH:
             self.left -= size
             return value
+        if typed:
+            self.cut = True
+            return truncated(size)
         return self.text(text)
 
     def files(self, files: dict[str, str]) -> dict[str, str]:

@@ -9,8 +9,8 @@ Newline-delimited JSON on the worker's unix socket, one client at a time; every 
 is answered by exactly one line, in order::
 
     host -> worker                                   worker -> host
-    {"op": "ping", "v": 2}                           {"pong": true, "v": 2}
-    {"v": 2, "code": ..., "stdin": ...,              {"status": ..., "stdout": ..., "stderr": ...,
+    {"op": "ping", "v": 3}                           {"pong": true, "v": 3}
+    {"v": 3, "code": ..., "stdin": ...,              {"status": ..., "stdout": ..., "stderr": ...,
      "timeout_s": ..., "memory_mb": ...,              "error": ..., "value": ..., "exit_code": ...,
      "max_output_bytes": ..., "tests": ...,           ..., "tests": [...], "compile": {...},
      "program": {"language": ..., "files": ...}}      "binary": ..., "files": {...}, "message": ..., "retire": ...}
@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 # Raise it whenever a field's name, type or meaning changes; both ends come from one tree.
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 
 # ``crashed``: the program died of a signal it did not ask for; ``service_error``: the worker could
 # not run the job at all (a broken request, a worker that cannot be made clean) — no verdict.
@@ -86,10 +86,18 @@ JobStatusName = Literal[
     "ok", "error", "timeout", "out_of_memory", "output_limit", "crashed", "compile_error", "service_error"
 ]
 StageStatusName = Literal["ok", "error", "timeout"]
-# ``not_run``: the program ended before the harness reported the test.
-TestStatusName = Literal["passed", "failed", "error", "timeout", "not_run"]
+# ``not_run``: the program ended before the harness reported the test. ``returned``: a case of a
+# ``collect`` job returned (its value is the outcome; there is no verdict in that mode).
+TestStatusName = Literal["passed", "failed", "error", "timeout", "not_run", "returned"]
+SemanticsName = Literal["json", "evalplus"]
+ModeName = Literal["check", "collect"]
 JOB_STATUSES: Final[frozenset[str]] = frozenset(get_args(JobStatusName))
 TEST_STATUSES: Final[frozenset[str]] = frozenset(get_args(TestStatusName))
+SEMANTICS: Final[frozenset[str]] = frozenset(get_args(SemanticsName))
+MODES: Final[frozenset[str]] = frozenset(get_args(ModeName))
+# What a check job's outcome can be, and a collect job's (no verdict there).
+_CHECK_STATUSES: Final = frozenset({"passed", "failed", "error", "timeout", "not_run"})
+_COLLECT_STATUSES: Final = frozenset({"returned", "error", "timeout", "not_run"})
 STAGE_STATUSES: Final[frozenset[str]] = frozenset(get_args(StageStatusName))
 
 HOME: Final = "/home/sandbox"  # a job's working directory in the worker (the image's sandbox user)
@@ -147,6 +155,7 @@ def sandbox_path(path: str) -> str | None:
     full = posixpath.normpath(posixpath.join(HOME, path))
     return full if full.startswith(_WRITABLE) else None
 
+
 _INT32 = 2**31
 _MAX_SIGNAL_NAME = 16
 
@@ -187,8 +196,14 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Case:
+    """One test case. With ``semantics="evalplus"`` its values are typed encodings (execbox._values)."""
+
     input: Any
-    expected: Any  # the worker keeps it to itself: the job's process never gets it
+    expected: Any = None  # the worker keeps it to itself: the job's process never gets it
+    timeout_s: float | None = None  # this case's limit; None: the job's per_test_timeout_s
+    alternatives: tuple[Any, ...] = ()  # other outputs that pass too (EvalPlus's special oracles)
+    oracle: str | None = None  # overrides JobTests.oracle for this case
+    atol: float | None = None  # overrides JobTests.atol for this case (evalplus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +216,9 @@ class JobTests:
     per_test_timeout_s: float | None = None
     stop_on_first_failure: bool = True
     atol: float = 1e-6
+    semantics: SemanticsName = "json"  # evalplus: typed values, EvalPlus's harness and judge
+    mode: ModeName = "check"  # collect: every case's returned value, no verdict
+    oracle: str | None = None  # execbox._values.ORACLES, checked where it is judged
 
     @property
     def count(self) -> int:
@@ -266,7 +284,7 @@ def _program_wire(program: Program) -> dict[str, Any]:
 
 
 def _tests_wire(tests: JobTests) -> dict[str, Any]:
-    cases = None if tests.cases is None else [{"input": c.input, "expected": c.expected} for c in tests.cases]
+    cases = None if tests.cases is None else [_case_wire(c) for c in tests.cases]
     return {
         "entry_point": tests.entry_point,
         "cases": cases,
@@ -274,6 +292,20 @@ def _tests_wire(tests: JobTests) -> dict[str, Any]:
         "per_test_timeout_s": tests.per_test_timeout_s,
         "stop_on_first_failure": tests.stop_on_first_failure,
         "atol": tests.atol,
+        "semantics": tests.semantics,
+        "mode": tests.mode,
+        "oracle": tests.oracle,
+    }
+
+
+def _case_wire(case: Case) -> dict[str, Any]:
+    return {
+        "input": case.input,
+        "expected": case.expected,
+        "timeout_s": case.timeout_s,
+        "alternatives": list(case.alternatives),
+        "oracle": case.oracle,
+        "atol": case.atol,
     }
 
 
@@ -335,13 +367,31 @@ def _job_tests(raw: object) -> JobTests:
     cases = _get(raw, "cases", list, None)
     if cases is not None and not all(isinstance(c, dict) for c in cases):
         raise ProtocolError("a test case is not an object")
+    semantics = _get(raw, "semantics", str, "json")
+    mode = _get(raw, "mode", str, "check")
+    if semantics not in SEMANTICS or mode not in MODES:
+        raise ProtocolError(f"unknown semantics {semantics[:20]!r} or mode {mode[:20]!r}")
     return JobTests(
         entry_point=_get(raw, "entry_point", str, None),
-        cases=None if cases is None else tuple(Case(c.get("input"), c.get("expected")) for c in cases),
+        cases=None if cases is None else tuple(_case(c) for c in cases),
         assertions=_get(raw, "assertions", str, None),
         per_test_timeout_s=_number(raw, "per_test_timeout_s"),
         stop_on_first_failure=_get(raw, "stop_on_first_failure", bool, True),
         atol=_float(raw, "atol", 1e-6),
+        semantics=semantics,  # checked against SEMANTICS above
+        mode=mode,  # checked against MODES above
+        oracle=_get(raw, "oracle", str, None),
+    )
+
+
+def _case(raw: dict[str, Any]) -> Case:
+    return Case(
+        input=raw.get("input"),
+        expected=raw.get("expected"),
+        timeout_s=_number(raw, "timeout_s"),
+        alternatives=tuple(_get(raw, "alternatives", list, [])),
+        oracle=_get(raw, "oracle", str, None),
+        atol=_number(raw, "atol"),
     )
 
 
@@ -482,25 +532,26 @@ def _test_wire(test: TestRecord) -> dict[str, Any]:
     }
 
 
-def decode_report(line: bytes | str, *, tests: int | None) -> JobReport:
+def decode_report(line: bytes | str, *, tests: int | None, collect: bool = False) -> JobReport:
     """A worker's result line, on the host's side, as hostile input.
 
     ``tests`` is how many test outcomes the job's request asked for (:attr:`JobTests.count`), or
-    None for a job without tests. Outcomes the worker left out at the end are ``not_run``.
+    None for a job without tests; ``collect``: the job's mode is ``collect`` (its outcomes are
+    ``returned``, never ``passed``). Outcomes the worker left out at the end are ``not_run``.
 
     Raises:
         ProtocolError: the only exception: not JSON, not an object, a field of the wrong type or
             out of range, an unknown status, outcomes that do not match the job's tests.
     """
     try:
-        return _report(_object(line, "result"), tests)
+        return _report(_object(line, "result"), tests, collect)
     except ProtocolError:
         raise
     except Exception as exc:  # whatever a worker sends: one exception type for the caller
         raise ProtocolError(f"a broken result ({exc!r:.200})") from exc
 
 
-def _report(raw: dict[str, Any], count: int | None) -> JobReport:
+def _report(raw: dict[str, Any], count: int | None, collect: bool) -> JobReport:
     status = _get(raw, "status", str)
     if status not in JOB_STATUSES:
         raise ProtocolError(f"unknown status {status[:50]!r}")
@@ -524,7 +575,7 @@ def _report(raw: dict[str, Any], count: int | None) -> JobReport:
         cpu_ms=_number(raw, "cpu_ms"),
         peak_memory_bytes=_get(raw, "peak_memory_bytes", int, None),
         truncated=_get(raw, "truncated", bool, False),
-        tests=_tests(raw.get("tests"), count),
+        tests=_tests(raw.get("tests"), count, _COLLECT_STATUSES if collect else _CHECK_STATUSES),
         compile=_stage(raw.get("compile")),
         binary=_base64(raw, "binary"),
         files=_files(raw.get("files")),
@@ -533,7 +584,7 @@ def _report(raw: dict[str, Any], count: int | None) -> JobReport:
     )
 
 
-def _tests(raw: object, count: int | None) -> tuple[TestRecord, ...] | None:
+def _tests(raw: object, count: int | None, statuses: frozenset[str]) -> tuple[TestRecord, ...] | None:
     if count is None:
         if raw is not None:
             raise ProtocolError("tests for a job without tests")
@@ -544,17 +595,17 @@ def _tests(raw: object, count: int | None) -> tuple[TestRecord, ...] | None:
         raise ProtocolError("tests is not a list")
     if len(raw) > count:
         raise ProtocolError(f"{len(raw)} test outcomes for {count} tests")
-    outcomes = [_test(i, item) for i, item in enumerate(raw)]
+    outcomes = [_test(i, item, statuses) for i, item in enumerate(raw)]
     outcomes += [TestRecord(index=i, passed=False, status="not_run") for i in range(len(raw), count)]
     return tuple(outcomes)
 
 
-def _test(i: int, raw: object) -> TestRecord:
+def _test(i: int, raw: object, statuses: frozenset[str]) -> TestRecord:
     if not isinstance(raw, dict) or _get(raw, "index", int) != i:
         raise ProtocolError(f"test outcome {i} is not an object with index {i}")
     passed = _get(raw, "passed", bool)
     status = _get(raw, "status", str)
-    if status not in TEST_STATUSES or passed != (status == "passed"):
+    if status not in statuses or passed != (status == "passed"):
         raise ProtocolError(f"test outcome {i} has status {status[:30]!r} and passed={passed}")
     return TestRecord(
         index=i,

@@ -15,9 +15,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from execbox._compat import StrEnum
+from execbox._values import Oracle, decode_value
 
 __all__ = [
     "BatchJob",
@@ -368,30 +369,123 @@ class StageResult(_Model):
 
 
 class TestCase(_Model):
-    input: Any = Field(description="Arguments for the entry point (a list is spread), or stdin text.")
-    expected: Any = Field(description="The expected return value (or stdout, without an entry point).")
+    """One call of the entry point and what it must return.
+
+    With ``semantics="evalplus"`` every value here is a typed value (``execbox._values``:
+    ``encode_value``), so tuples, sets, dicts with any keys, inf/nan, complex and bytes survive;
+    ``input`` then encodes the list of arguments.
+    """
+
+    input: Any = Field(description="Arguments for the entry point (a list is spread).")
+    expected: Any = Field(default=None, description="The expected return value (none in collect mode).")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="This case's time limit (default: per_test_timeout_s, else the job's)."
+    )
+    alternatives: list[Any] | None = Field(
+        default=None, description="Other return values that pass too (EvalPlus's special oracles; evalplus only)."
+    )
+    oracle: Oracle | None = Field(default=None, description="Overrides the spec's oracle for this case (evalplus).")
+    atol: float | None = Field(default=None, ge=0, description="Overrides the spec's atol for this case (evalplus).")
 
 
 class TestSpec(_Request):
-    """Test-case mode: run the solution, then each case (EvalPlus style) or an assertion script."""
+    """Test-case mode: run the solution, then each case (EvalPlus style) or an assertion script.
+
+    Cases are judged by the worker, outside the solution's process, against expected values the
+    solution never sees. An assertion script runs *inside* the solution's process and trusts it
+    (README: threat model); :meth:`from_assertions` turns the common forms into cases.
+    """
 
     entry_point: str | None = Field(default=None, description="Function under test.")
     cases: list[TestCase] | None = None
     assertions: str | None = Field(
-        default=None, description="Test code run after the solution; HumanEval's `check(candidate)` is called."
+        default=None,
+        description="Test code run after the solution, in its process (trusts the solution); "
+        "HumanEval's `check(candidate)` is called.",
     )
     per_test_timeout_s: float | None = Field(default=None, gt=0)
     stop_on_first_failure: bool = True
-    atol: float = Field(default=1e-6, ge=0, description="Tolerance for float comparisons.")
+    atol: float = Field(
+        default=1e-6, ge=0, description="Tolerance for float comparisons (evalplus: the task's atol, often 0)."
+    )
+    semantics: Literal["json", "evalplus"] = Field(
+        default="json",
+        description="json: plain JSON values, floats within atol. evalplus: typed values, the solution run and "
+        "judged as EvalPlus does (Python == by value, its oracles, its float tolerance).",
+    )
+    mode: Literal["check", "collect"] = Field(
+        default="check", description="collect: run every case and return what it returned, without a verdict."
+    )
+    oracle: Oracle | None = Field(default=None, description="EvalPlus's special oracles (evalplus only).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TestSpec:
+        if self.mode == "collect" and not self.cases:
+            raise ValueError("mode 'collect' needs cases")
+        if self.semantics == "evalplus":
+            if self.assertions is not None or not self.entry_point:
+                raise ValueError("semantics 'evalplus' needs an entry_point and cases (no assertions)")
+            for i, case in enumerate(self.cases or ()):
+                _check_typed_case(i, case)
+        elif self.oracle is not None or any(c.oracle or c.alternatives or c.atol is not None for c in self.cases or ()):
+            raise ValueError("oracles, alternatives and a case's atol need semantics 'evalplus'")
+        return self
+
+    @classmethod
+    def from_assertions(
+        cls,
+        script: str,
+        *,
+        entry_point: str,
+        per_test_timeout_s: float | None = None,
+        stop_on_first_failure: bool = True,
+    ) -> TestSpec:
+        """Cases (semantics ``evalplus``) equivalent to an assertion script, judged outside the solution.
+
+        Understands HumanEval's ``def check(candidate): assert candidate(...) == ...`` and MBPP's
+        ``assert f(...) == ...`` lines (see ``execbox._assertions``).
+
+        Raises:
+            ValueError: a statement it cannot turn into a case (the message names it); the script
+                can still run as ``assertions``, which trusts the solution.
+        """
+        from execbox._assertions import assertions_to_cases
+
+        cases = assertions_to_cases(script, entry_point=entry_point)
+        return cls(
+            entry_point=entry_point,
+            cases=[TestCase(**case) for case in cases],
+            per_test_timeout_s=per_test_timeout_s,
+            stop_on_first_failure=stop_on_first_failure,
+            atol=0.0,
+            semantics="evalplus",
+        )
+
+
+def _check_typed_case(index: int, case: TestCase) -> None:
+    try:
+        args = decode_value(case.input)
+        for value in (case.expected, *(case.alternatives or ())):
+            decode_value(value)
+    except ValueError as exc:
+        raise ValueError(f"case {index}: {exc}") from exc
+    if not isinstance(args, list):
+        raise ValueError(f"case {index}: input must encode the list of arguments")
 
 
 class TestOutcome(_Model):
     index: int
     passed: bool
-    status: str = Field(description="passed, failed, error, timeout, or not_run (the job ended before this case ran)")
+    status: str = Field(
+        description="passed, failed, error, timeout, not_run (the job ended before this case ran), or "
+        "returned (collect mode: no verdict)"
+    )
     input: Any = None
     expected: Any = None
-    actual: Any = None
+    actual: Any = Field(
+        default=None,
+        description="What the call returned (evalplus: a typed value; {'$truncated': n} when over the output limit).",
+    )
     error: ExecutionError | None = None
     duration_ms: float = 0.0
 

@@ -52,10 +52,29 @@ CASES = JobTests(
     stop_on_first_failure=False,
     atol=0.01,
 )
+EVALPLUS = JobTests(
+    entry_point="f",
+    cases=(
+        Case({"$tuple": [1]}, {"$set": [1]}, timeout_s=1.5, alternatives=(0,), oracle="set_equal", atol=0.5),
+        Case([[1, 2]], None),
+    ),
+    semantics="evalplus",
+    mode="check",
+    oracle="not_none",
+    atol=0.0,
+)
 REQUESTS = {
     "plain": JobRequest(code="print(1)", timeout_s=10.0, memory_mb=512, max_output_bytes=1 << 20),
     "stdin": JobRequest(code="input()", timeout_s=0.25, memory_mb=0, max_output_bytes=1024, stdin="a\nb\ud800"),
     "cases": JobRequest(code="def f(x): return x", timeout_s=3, memory_mb=64, max_output_bytes=4096, tests=CASES),
+    "evalplus": JobRequest(code="def f(x): return x", timeout_s=3, memory_mb=64, max_output_bytes=4096, tests=EVALPLUS),
+    "collect": JobRequest(
+        code="def f(x): return x",
+        timeout_s=3,
+        memory_mb=64,
+        max_output_bytes=4096,
+        tests=JobTests(entry_point="f", cases=(Case([1]),), semantics="evalplus", mode="collect"),
+    ),
     "assertions": JobRequest(
         code="def f(): pass",
         timeout_s=3.0,
@@ -149,10 +168,12 @@ def test_only_the_integer_version_is_this_version(version: object) -> None:
         decode_request(json.dumps(fields))
 
 
-def test_lines_without_a_version_are_version_1_and_refused_by_version_2() -> None:
+def test_lines_without_a_version_are_version_1_and_refused_by_version_3() -> None:
     # What a worker image and a service of before the versioned protocol send. Version 2 added
-    # programs (languages, files, builds): an old worker would run a C++ job as Python.
-    assert PROTOCOL_VERSION == 2
+    # programs (languages, files, builds): an old worker would run a C++ job as Python. Version 3
+    # added typed values, collect mode, per-case limits and oracles: an old worker would judge an
+    # evalplus job by JSON equality.
+    assert PROTOCOL_VERSION == 3
     with pytest.raises(VersionMismatch):
         decode_pong(b'{"id": null, "pong": true}\n')
     old = {"id": "j0", "code": "print(1)", "stdin": None, "timeout_s": 10.0, "memory_mb": 512}
@@ -273,6 +294,26 @@ def test_hostile_test_outcomes_raise_protocol_error(name: str) -> None:
         decode_report(ok_line(tests=HOSTILE_OUTCOMES[name]), tests=2)
 
 
+def test_a_check_job_never_returns_values_without_a_verdict_and_a_collect_job_never_passes() -> None:
+    returned = [{**GOOD_TESTS[1], "index": 0, "status": "returned"}]
+    with pytest.raises(ProtocolError):
+        decode_report(ok_line(tests=returned), tests=1)
+    with pytest.raises(ProtocolError):
+        decode_report(ok_line(tests=GOOD_TESTS[:1]), tests=1, collect=True)
+    report = decode_report(ok_line(tests=returned), tests=2, collect=True)
+    assert report.tests is not None and [t.status for t in report.tests] == ["returned", "not_run"]
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [{"semantics": "python"}, {"mode": "judge"}, {"oracle": 1}, {"cases": [{"input": 1, "timeout_s": -1}]}],
+)
+def test_a_request_with_unknown_test_semantics_is_refused(tests: dict[str, Any]) -> None:
+    fields = {"v": PROTOCOL_VERSION, "code": "", "timeout_s": 1, "memory_mb": 0, "max_output_bytes": 1024}
+    with pytest.raises(ProtocolError):
+        decode_request(json.dumps({**fields, "tests": {"entry_point": "f", **tests}}))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.recursive(
@@ -322,7 +363,7 @@ def test_a_test_mode_job_counts_one_outcome_per_case_or_one_for_assertions() -> 
 
 def test_job_statuses_are_the_apis() -> None:
     assert {s.value for s in JobStatus} == JOB_STATUSES
-    assert TEST_STATUSES == {"passed", "failed", "error", "timeout", "not_run"}
+    assert TEST_STATUSES == {"passed", "failed", "error", "timeout", "not_run", "returned"}
 
 
 def _imports(path: Path) -> set[str]:
