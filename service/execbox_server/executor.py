@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from execbox._models import (
     ErrorEvent,
@@ -36,12 +36,20 @@ from execbox._models import (
     StdoutEvent,
     Truncation,
 )
-from execbox_server.backends.base import Sandbox, SandboxControl, SandboxState, SandboxStatus, Usage
+from execbox_server.backends.base import (
+    Sandbox,
+    SandboxControl,
+    SandboxState,
+    SandboxStatus,
+    StdinChannel,
+    Usage,
+)
 from execbox_server.kernel import (
     ClearOutput,
     Display,
     ErrorOutput,
     Idle,
+    InputRequest,
     KernelEvent,
     KernelNotReady,
     Malformed,
@@ -51,9 +59,12 @@ from execbox_server.kernel import (
 )
 from execbox_server.output import HeadTail, strip_ansi
 
-__all__ = ["ExecLimits", "ExecOutcome", "Executor", "OnEvent"]
+__all__ = ["ExecLimits", "ExecOutcome", "Executor", "OnEvent", "OnInput"]
 
 OnEvent = Callable[[ExecutionEvent], Awaitable[None]]
+# Called when the code asks for input; the answer goes back through the kernel connection's
+# ``input_reply``. The deadline keeps running while the user types.
+OnInput = Callable[[InputRequest], Awaitable[None]]
 
 LIVENESS_INTERVAL_S = 1.0
 IDLE_AFTER_REPLY_S = 1.0
@@ -317,11 +328,13 @@ class Executor:
         *,
         on_event: OnEvent | None = None,
         interrupted: asyncio.Event | None = None,
+        on_input: OnInput | None = None,
     ) -> ExecOutcome:
         """Run ``code`` on ``kernel`` under ``limits``; always returns an Execution.
 
         ``interrupted``, when set by someone else (an interrupt call, a client that went
-        away), stops the code like a timeout does but reports ``interrupted``.
+        away), stops the code like a timeout does but reports ``interrupted``. Without
+        ``on_input`` the code's ``input()`` fails at once instead of waiting for an answer.
         """
         started = time.monotonic()
         deadline = started + limits.timeout_s
@@ -329,7 +342,8 @@ class Executor:
         col = _Collector(limits, on_event, conn.traffic, code_bytes=len(code.encode("utf-8", "replace")))
         self._control.reset_peak_memory(kernel)
         usage_before = self._control.usage(kernel)
-        msg_id = conn.execute(code)
+        # Only a caller that can answer is given stdin (and fakes need not know the option).
+        msg_id = cast(StdinChannel, conn).execute(code, allow_stdin=True) if on_input else conn.execute(code)
         col.start()
 
         async def resources() -> Resources:
@@ -357,6 +371,10 @@ class Executor:
             event = await conn.next_event(msg_id, wait)
             if isinstance(event, Malformed):
                 return await self._malformed(kernel, col, event, started, resources)
+            if isinstance(event, InputRequest):
+                if on_input is not None:
+                    await on_input(event)
+                continue
             if event is not None:
                 await col.feed(event)
                 if isinstance(event, Reply):

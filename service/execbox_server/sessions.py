@@ -33,7 +33,8 @@ from execbox_server.errors import (
     SessionLimitReached,
     SessionNotFound,
 )
-from execbox_server.executor import ExecLimits, ExecOutcome, Executor, OnEvent
+from execbox_server.executor import ExecLimits, ExecOutcome, Executor, OnEvent, OnInput
+from execbox_server.kernel import Malformed, ShellReply
 from execbox_server.limits import execution_timeout, one_shot_limits, session_limits
 from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
@@ -230,9 +231,17 @@ class SessionManager:
         return await self.run_reserved(session, request, on_event)
 
     async def run_reserved(
-        self, session: SessionEntry, request: ExecuteRequest, on_event: OnEvent | None = None
+        self,
+        session: SessionEntry,
+        request: ExecuteRequest,
+        on_event: OnEvent | None = None,
+        *,
+        on_input: OnInput | None = None,
     ) -> Execution:
-        """Run code in a session reserved with :meth:`reserve`; always ends the reservation."""
+        """Run code in a session reserved with :meth:`reserve`; always ends the reservation.
+
+        ``on_input``: the caller answers the code's ``input()`` (see ``Executor.run``).
+        """
         try:
             timeout = execution_timeout(self._settings, request.timeout_s, session.limits.timeout_s)
             session.touch()
@@ -250,6 +259,7 @@ class SessionManager:
                     self._exec_limits(timeout, session.limits.max_output_bytes),
                     on_event=on_event,
                     interrupted=session.interrupt,
+                    on_input=on_input,
                 )
             except BaseException as exc:
                 # Cancelled or failed mid-execution: the kernel's state is unknown, so it is
@@ -282,6 +292,45 @@ class SessionManager:
                     with contextlib.suppress(Exception):
                         session.kernel = await self._lease(session.limits)
             return execution
+        finally:
+            session.touch()
+            session.unreserve()
+
+    async def kernel_request(
+        self, session: SessionEntry, msg_type: str, content: dict[str, Any], *, timeout: float
+    ) -> ShellReply | None:
+        """Relay one information request (``kernel_info``, ``complete``, ...; see
+        ``kernel.PASSTHROUGH_REQUESTS``) to the kernel of a session reserved with :meth:`reserve`,
+        and return its reply, or None when none came within ``timeout``. Always ends the
+        reservation.
+
+        A kernel that answers with a malformed message is replaced, as after an execution, and
+        the session's next Execution says ``state_lost``.
+
+        Raises:
+            ValueError: ``msg_type`` may not be relayed.
+            PoolExhausted / EngineUnavailable: the session had no kernel and none could be had.
+        """
+        try:
+            session.touch()
+            if session.kernel is None:
+                try:
+                    session.kernel = await self._lease(session.limits)
+                except ServiceError as exc:
+                    exc.message += _session_state(session)
+                    raise
+            conn = session.kernel.conn
+            msg_id = conn.request(msg_type, content)
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                event = await conn.next_event(msg_id, remaining)
+                if isinstance(event, Malformed):
+                    await asyncio.shield(self._retire_kernel(session))
+                    session.lost_reason = f"the kernel sent {event.reason} and was replaced"
+                    return None
+                if isinstance(event, ShellReply):
+                    return event
+            return None
         finally:
             session.touch()
             session.unreserve()

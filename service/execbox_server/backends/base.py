@@ -8,6 +8,7 @@ only these protocols and types.
     ServiceBackend      everything the app uses: kernels, workers, open/close, ping
     Sandbox             what every kernel exposes: ids and the connection to its kernel
     KernelChannel       what the executor calls on that connection
+    StdinChannel        ... and, for a caller that answers input(), the stdin relay
     Worker              a batch worker: the stream to its fork server
 
 The Docker implementation lives in :mod:`execbox_server.backends.docker`; unit tests use fakes.
@@ -35,6 +36,7 @@ __all__ = [
     "SandboxState",
     "SandboxStatus",
     "ServiceBackend",
+    "StdinChannel",
     "Usage",
     "Worker",
     "WorkerBackend",
@@ -100,6 +102,16 @@ class KernelChannel(Protocol):
         ...
 
     async def unmute_output(self, timeout: float) -> None: ...
+
+
+class StdinChannel(KernelChannel, Protocol):
+    """A kernel connection that can relay ``input()`` to the caller (the Kernel Gateway's stdin)."""
+
+    def execute(self, code: str, *, allow_stdin: bool = False) -> str: ...
+
+    def input_reply(self, value: str) -> None:
+        """Answer the kernel's last input request."""
+        ...
 
 
 class Sandbox(Protocol):

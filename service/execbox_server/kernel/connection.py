@@ -40,14 +40,16 @@ from execbox_server.kernel.events import (
     Display,
     ErrorOutput,
     Idle,
+    InputRequest,
     KernelEvent,
     Malformed,
     Reply,
+    ShellReply,
     Stream,
     Traffic,
 )
 
-__all__ = ["ConnectionFiles", "KernelConnection", "KernelNotReady"]
+__all__ = ["PASSTHROUGH_REQUESTS", "ConnectionFiles", "KernelConnection", "KernelNotReady"]
 
 # Ports are just suffixes of the socket file names with the IPC transport.
 _PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
@@ -64,6 +66,23 @@ MAX_COMMAND_BYTES = 4096
 YIELD_EVERY = 64
 # Nested containers kept in display data and metadata; deeper ones are malformed.
 MAX_DEPTH = 32
+# Shell requests other than execute that may be relayed to a kernel as a client sent them
+# (the Kernel Gateway API): each asks for information and changes nothing in the kernel.
+PASSTHROUGH_REQUESTS = frozenset(
+    {
+        "kernel_info_request",
+        "complete_request",
+        "inspect_request",
+        "is_complete_request",
+        "history_request",
+        "comm_info_request",
+    }
+)
+_PASSTHROUGH_REPLIES = frozenset(t.removesuffix("_request") + "_reply" for t in PASSTHROUGH_REQUESTS)
+# The largest such reply passed on (a history or a completion list); a larger one becomes an
+# error reply saying so.
+MAX_PASSTHROUGH_REPLY_BYTES = 1024 * 1024
+MAX_PROMPT_CHARS = 4096
 
 _DELIM = b"<IDS|MSG>"
 _GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
@@ -127,13 +146,15 @@ def _frame(body: bytes, *, more: bool = False, command: bool = False) -> bytes:
     return bytes([flags | 2]) + len(body).to_bytes(8, "big") + body
 
 
-def _ready(socket_type: bytes) -> bytes:
+def _ready(socket_type: bytes, identity: bytes = b"") -> bytes:
     def prop(name: bytes, value: bytes) -> bytes:
         return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
 
     body = b"\x05READY" + prop(b"Socket-Type", socket_type)
     if socket_type == b"DEALER":
-        body += prop(b"Identity", b"")  # the kernel's ROUTER picks one
+        # Shell and stdin share one identity: ipykernel sends an input_request to the stdin
+        # peer whose identity sent the execute_request on shell (as jupyter_client does).
+        body += prop(b"Identity", identity)
     return _frame(body, command=True)
 
 
@@ -145,8 +166,17 @@ class _Wire(asyncio.Protocol):
     pauses past ``MAX_QUEUED_BYTES``) and one read chunk.
     """
 
-    def __init__(self, socket_type: bytes, *, max_message_bytes: int, traffic: Traffic, wake: Callable[[], None]):
+    def __init__(
+        self,
+        socket_type: bytes,
+        *,
+        max_message_bytes: int,
+        traffic: Traffic,
+        wake: Callable[[], None],
+        identity: bytes = b"",
+    ):
         self.socket_type = socket_type
+        self.identity = identity
         self.max_message_bytes = max_message_bytes
         self.traffic = traffic
         self._wake = wake
@@ -258,7 +288,7 @@ class _Wire(asyncio.Protocol):
                     raise _ProtocolViolation("unexpected ZMTP security mechanism")
                 self._greeted = True
                 pos += 64
-                hello = _ready(self.socket_type)
+                hello = _ready(self.socket_type, self.identity)
                 if self.socket_type == b"SUB":
                     hello += b"" if self.muted else _frame(b"\x01")  # subscribe (ZMTP 3.0 form)
                 if self.transport is not None:
@@ -350,6 +380,10 @@ class KernelConnection:
         self._shell: _Wire | None = None
         self._control: _Wire | None = None
         self._iopub: _Wire | None = None
+        self._stdin: _Wire | None = None
+        # Non-empty, and never starting with a zero byte (ZMTP reserves those identities).
+        self._identity = b"x" + secrets.token_hex(8).encode()
+        self._stdin_parent: dict[str, Any] | None = None
         self._arrived = asyncio.Event()
         self._since_yield = 0
         self._closed = False
@@ -440,16 +474,40 @@ class KernelConnection:
         if self._closed:
             return
         self._closed = True
-        for wire in (self._shell, self._control, self._iopub):
+        for wire in (self._shell, self._control, self._iopub, self._stdin):
             if wire is not None and wire.transport is not None:
                 wire.transport.abort()
 
     # ------------------------------------------------------------------ requests
 
-    def execute(self, code: str) -> str:
-        """Send an ``execute_request``; return its msg_id, the key of every event it causes."""
+    def execute(self, code: str, *, allow_stdin: bool = False) -> str:
+        """Send an ``execute_request``; return its msg_id, the key of every event it causes.
+
+        With ``allow_stdin`` the code's ``input()`` arrives as :class:`InputRequest`, to be
+        answered with :meth:`input_reply`; without, ``input()`` fails at once in the kernel.
+        """
         self._drain()
-        return self._send(self._shell, "execute_request", _execute_content(code, store_history=True))
+        self._stdin_parent = None
+        content = _execute_content(code, store_history=True)
+        content["allow_stdin"] = allow_stdin and self._stdin is not None and self._stdin.usable
+        return self._send(self._shell, "execute_request", content)
+
+    def input_reply(self, value: str) -> None:
+        """Answer the last :class:`InputRequest` (the kernel waits for this)."""
+        if self._stdin is not None:
+            msg = self._session.msg("input_reply", {"value": value}, parent=self._stdin_parent or {})
+            self._stdin.send(self._session.serialize(msg, ident=None))
+
+    def request(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send one of :data:`PASSTHROUGH_REQUESTS` on shell; its reply arrives as :class:`ShellReply`.
+
+        Raises:
+            ValueError: ``msg_type`` is not a request that may be passed through.
+        """
+        if msg_type not in PASSTHROUGH_REQUESTS:
+            raise ValueError(f"{msg_type!r} is not a request that may be passed to a kernel")
+        self._drain()
+        return self._send(self._shell, msg_type, content)
 
     def interrupt(self) -> None:
         """Ask the kernel to interrupt the running cell (``interrupt_request`` on control)."""
@@ -469,7 +527,7 @@ class KernelConnection:
         deadline = time.monotonic() + timeout
         handled = 0
         while True:
-            for wire in (self._iopub, self._shell, self._control):
+            for wire in (self._iopub, self._shell, self._control, self._stdin):
                 if wire is None:
                     continue
                 if wire.violation is not None:
@@ -504,11 +562,18 @@ class KernelConnection:
             ("_shell", "shell_port", b"DEALER", self._max_message_bytes),
             ("_iopub", "iopub_port", b"SUB", self._max_message_bytes),
             ("_control", "control_port", b"DEALER", CONTROL_MAX_MESSAGE_BYTES),
+            ("_stdin", "stdin_port", b"DEALER", CONTROL_MAX_MESSAGE_BYTES),
         ):
             wire = getattr(self, attr)
             if wire is not None and not wire.lost:
                 continue
-            fresh = _Wire(kind, max_message_bytes=cap, traffic=self.traffic, wake=self._arrived.set)
+            fresh = _Wire(
+                kind,
+                max_message_bytes=cap,
+                traffic=self.traffic,
+                wake=self._arrived.set,
+                identity=self._identity if attr in ("_shell", "_stdin") else b"",
+            )
             try:
                 await loop.create_unix_connection(_factory(fresh), self._files.socket_path(port))
             except OSError:
@@ -523,7 +588,9 @@ class KernelConnection:
         if timeout <= 0:
             return
         self._arrived.clear()
-        if any(w is not None and (w._queue or w.violation) for w in (self._shell, self._iopub, self._control)):
+        if any(
+            w is not None and (w._queue or w.violation) for w in (self._shell, self._iopub, self._control, self._stdin)
+        ):
             return
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout)
@@ -544,6 +611,8 @@ class KernelConnection:
         if msg["parent_header"].get("msg_id") != msg_id or wire is self._control:
             self.traffic.ignored += 1
             return None
+        if wire is self._stdin:
+            return self._input_request(msg)
         try:
             event = _to_event(msg, from_shell=wire is self._shell)
         except _ProtocolViolation as exc:
@@ -552,6 +621,18 @@ class KernelConnection:
         if event is None:
             self.traffic.ignored += 1
         return event
+
+    def _input_request(self, msg: dict[str, Any]) -> KernelEvent | None:
+        content = msg["content"]
+        if msg["msg_type"] != "input_request":
+            self.traffic.ignored += 1
+            return None
+        prompt = content.get("prompt", "")
+        if not isinstance(prompt, str):
+            self.traffic.malformed += 1
+            return Malformed("a malformed 'input_request' message: prompt is not a string")
+        self._stdin_parent = msg["header"]
+        return InputRequest(prompt=prompt[:MAX_PROMPT_CHARS], password=content.get("password") is True)
 
     def _parse(self, frames: list[bytes]) -> dict[str, Any] | None:
         """Verify and decode one wire message; None when it is not a signed Jupyter message.
@@ -579,14 +660,20 @@ class KernelConnection:
         msg_type = head.get("msg_type")
         if not isinstance(msg_type, str) or not isinstance(parent_header.get("msg_id", ""), str):
             return None
-        return {"msg_type": msg_type, "header": head, "parent_header": parent_header, "content": body}
+        return {
+            "msg_type": msg_type,
+            "header": head,
+            "parent_header": parent_header,
+            "content": body,
+            "content_bytes": len(content),
+        }
 
     def _drain(self) -> None:
         """Drop what is still queued from earlier requests (late replies, stray output).
 
         Dropped unparsed: they were counted when they arrived.
         """
-        for wire in (self._shell, self._iopub, self._control):
+        for wire in (self._shell, self._iopub, self._control, self._stdin):
             if wire is not None:
                 wire.clear()
 
@@ -626,6 +713,8 @@ def _to_event(msg: dict[str, Any], *, from_shell: bool) -> KernelEvent | None:
     if not isinstance(content, dict):
         raise _ProtocolViolation("content is not an object")
     if from_shell:
+        if msg_type in _PASSTHROUGH_REPLIES:
+            return _shell_reply(msg)
         if msg_type != "execute_reply":
             return None
         count = content.get("execution_count")
@@ -669,6 +758,21 @@ def _to_event(msg: dict[str, Any], *, from_shell: bool) -> KernelEvent | None:
             raise _ProtocolViolation("execution_state is not a string")
         return Idle() if state == "idle" else None
     return None
+
+
+def _shell_reply(msg: dict[str, Any]) -> ShellReply:
+    msg_type: str = msg["msg_type"]
+    if msg["content_bytes"] > MAX_PASSTHROUGH_REPLY_BYTES:
+        content: dict[str, Any] = {
+            "status": "error",
+            "ename": "ReplyTooLarge",
+            "evalue": f"the kernel's {msg_type} was larger than {MAX_PASSTHROUGH_REPLY_BYTES} bytes and was dropped",
+            "traceback": [],
+        }
+        return ShellReply(msg_type=msg_type, content=content)
+    if not _shallow(msg["content"]):
+        raise _ProtocolViolation(f"content nested deeper than {MAX_DEPTH}")
+    return ShellReply(msg_type=msg_type, content=msg["content"])
 
 
 def _str(content: dict[str, Any], key: str, default: Any) -> Any:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClearOutput", "Display", "ErrorOutput", "Idle", "KernelEvent", "Malformed", "Reply", "Stream", "Traffic"]
+__all__ = [
+    "ClearOutput",
+    "Display",
+    "ErrorOutput",
+    "Idle",
+    "InputRequest",
+    "KernelEvent",
+    "Malformed",
+    "Reply",
+    "ShellReply",
+    "Stream",
+    "Traffic",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,27 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class ShellReply:
+    """A shell reply other than ``execute_reply`` (``kernel_info_reply``, ``complete_reply``, ...)
+    to a request sent with ``KernelConnection.request``.
+
+    ``content`` is a JSON object within the reply cap and nesting depth; one too large to pass on
+    arrives as an ``error`` reply saying so.
+    """
+
+    msg_type: str
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InputRequest:
+    """The code called ``input()`` (or ``getpass``) in a request that allowed stdin."""
+
+    prompt: str
+    password: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     """The kernel broke the protocol: a message that is not a well-formed, signed Jupyter
     message, or raw bytes that are not ZMTP. Only code inside the sandbox can cause this, and
@@ -82,4 +115,4 @@ class Traffic:
     oversized: int = 0  # dropped unread: larger than the per-message cap
 
 
-KernelEvent = Stream | Display | ErrorOutput | ClearOutput | Idle | Reply | Malformed
+KernelEvent = Stream | Display | ErrorOutput | ClearOutput | Idle | Reply | ShellReply | InputRequest | Malformed
