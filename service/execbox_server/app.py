@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client.core import CounterMetricFamily, Metric
 from pydantic import SecretStr
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from execbox_server.api import batch, execute, files, health, sandboxfusion, sessions
+from execbox_server.api import batch, execute, files, gateway, health, sandboxfusion, sessions
 from execbox_server.api.deps import Services, authenticate
 from execbox_server.api.openapi import install_openapi, operation_id
 from execbox_server.backends.base import SandboxSpec, ServiceBackend
@@ -22,6 +23,7 @@ from execbox_server.backends.docker import DockerBackend
 from execbox_server.batch import BatchRunner
 from execbox_server.errors import RequestTooLarge, Unauthorized, install_error_handlers
 from execbox_server.executor import Executor
+from execbox_server.gateway import GatewayHub
 from execbox_server.observability import Metrics, RequestLog, gauge
 from execbox_server.pool import KernelPool
 from execbox_server.quotas import QuotaLimits, Quotas
@@ -51,9 +53,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
             max_total=settings.max_total,
             max_starting=settings.max_starting,
         )
-        manager = SessionManager(
-            settings, pool, Executor(sandbox_backend), sandbox_backend, metrics=metrics
-        )
+        manager = SessionManager(settings, pool, Executor(sandbox_backend), sandbox_backend, metrics=metrics)
         batch_runner = BatchRunner(settings, sandbox_backend, metrics=metrics)
         app.state.services = Services(
             settings=settings,
@@ -87,6 +87,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
     )
+    app.state.gateway = GatewayHub()  # the Kernel Gateway's open websockets, per session
     install_openapi(app)
     install_error_handlers(app)
     app.include_router(health.router)
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
     app.include_router(batch.router)
     app.include_router(files.router)
     app.include_router(sandboxfusion.router)
+    app.include_router(gateway.router)
     # The last added runs first: RequestLog -> KeyCheck -> BodySizeLimit. The key is checked
     # before the size: an unauthenticated caller learns nothing, and no body byte is read for
     # it. (That a client still sending its body can read such an early answer is the HTTP
@@ -160,10 +162,14 @@ class KeyCheck:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and _is_api_path(str(scope.get("path", ""))):
-            authorization = _header(scope, b"authorization")
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and self.keys and (_is_api_path(path) or gateway.is_gateway_path(path)):
+            authorization = _header(scope, b"authorization").decode("latin-1")
+            if gateway.is_gateway_path(path):
+                # The Kernel Gateway's clients send "token KEY" or ?token=KEY.
+                authorization = gateway.gateway_authorization(Headers(scope=scope), QueryParams(scope["query_string"]))
             try:
-                authenticate(self.keys, authorization.decode("latin-1"))
+                authenticate(self.keys, authorization)
             except Unauthorized as exc:
                 await exc.response()(scope, receive, send)
                 return
