@@ -1146,6 +1146,9 @@ class _Verdicts:
         index = record.get("index")
         if type(index) is not int or not 0 <= index < self.count or index in self.records or index < self.next:
             return False
+        allowed = ("passed", "failed", "timeout") if self.assertions else ("returned", "error", "timeout")
+        if record.get("status") not in allowed:
+            return False  # a claim no harness makes (a case "passed"): ignored, the case still needs its record
         self.records[index] = (record, size)
         if index == self.next:
             self.clock = now  # the next case's time starts when this one's result arrived
@@ -1158,8 +1161,6 @@ class _Verdicts:
         status: Any = record.get("status")  # the job's word: only the values checked below pass
         actual = record.get("actual")
         if self.assertions:
-            if status not in ("passed", "failed", "timeout"):
-                status, actual = "error", None
             passed = status == "passed"
             actual = None
         elif status == "returned" and self.collect:
@@ -1167,10 +1168,8 @@ class _Verdicts:
         elif status == "returned":
             passed = self._passes(index, actual)
             status = "passed" if passed else "failed"
-        elif status in ("error", "timeout"):
+        else:  # "error" or "timeout" (add() took no other)
             passed, actual = False, None
-        else:  # not a status a job reports for a case: no verdict the job could want
-            passed, status, actual = False, "error", None
         if actual is not None and self.kept + size > 2 * self.limit:
             # judged, not kept
             actual = truncated(size) if self.typed else f"<a value of {size} bytes: over the output limit>"
