@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import httpx
 
 from execbox._base import Call, ClientCore, StreamCall, translate
-from execbox._batch import BatchRun, InOrder, Jobs, map_jobs, same, size_of
+from execbox._batch import BatchRun, InOrder, Jobs, Reorder, map_jobs, same, size_of
 from execbox._compat import Self
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
@@ -102,6 +102,22 @@ class AsyncClient:
         return await self._in_order(
             run, InOrder(JobResult.to_execution), progress_bar(size_of(codes), "exec", progress)
         )
+
+    async def imap(
+        self,
+        codes: Iterable[str],
+        *,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        memory_mb: int | None = None,
+    ) -> AsyncIterator[Execution]:
+        """:meth:`map` as an async iterator in input order, holding one chunk at most (see :meth:`Client.imap`)."""
+        jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
+        reorder = Reorder()
+        async for result in self._run_batch(BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)):
+            for ready in reorder.add(result):
+                yield ready.to_execution()
+        reorder.finish()
 
     async def batch(
         self, jobs: Jobs, *, concurrency: int | None = None, progress: bool | None = None

@@ -37,6 +37,7 @@ __all__ = [
     "InOrder",
     "JobLike",
     "Jobs",
+    "Reorder",
     "map_jobs",
     "parse_job",
     "same",
@@ -343,6 +344,30 @@ def size_of(items: Iterable[object]) -> int | None:
 
 def same(result: JobResult) -> JobResult:
     return result
+
+
+class Reorder:
+    """Results released in input order as soon as every earlier input has one; holds only the early ones.
+
+    Chunks run one after another, so what waits here is at most one chunk's results.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._waiting: dict[int, JobResult] = {}
+
+    def add(self, result: JobResult) -> list[JobResult]:
+        self._waiting[result.index] = result
+        out = []
+        while self._next in self._waiting:
+            out.append(self._waiting.pop(self._next))
+            self._next += 1
+        return out
+
+    def finish(self) -> None:
+        """Raises ExecboxError when a result is still waiting for an earlier one (a bug: every input gets one)."""
+        if self._waiting:
+            raise ExecboxError(f"input {self._next} got no result; this is a bug in execbox")
 
 
 class InOrder(Generic[T]):

@@ -16,7 +16,7 @@ from typing import TypeVar
 import httpx
 
 from execbox._base import Call, ClientCore, StreamCall, translate
-from execbox._batch import BatchRun, InOrder, Jobs, map_jobs, same, size_of
+from execbox._batch import BatchRun, InOrder, Jobs, Reorder, map_jobs, same, size_of
 from execbox._compat import Self
 from execbox._exceptions import APIStatusError, ExecboxError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
@@ -134,6 +134,24 @@ class Client:
         jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
         run = BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)
         return self._in_order(run, InOrder(JobResult.to_execution), progress_bar(size_of(codes), "exec", progress))
+
+    def imap(
+        self,
+        codes: Iterable[str],
+        *,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        memory_mb: int | None = None,
+    ) -> Iterator[Execution]:
+        """:meth:`map` as an iterator: each Execution in input order as soon as it and those before it are
+        done. Neither the inputs nor the results are held beyond one chunk, whatever their number.
+        """
+        jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
+        reorder = Reorder()
+        for result in self._run_batch(BatchRun(jobs, concurrency=concurrency, limits=self._core.batch_limits)):
+            for ready in reorder.add(result):
+                yield ready.to_execution()
+        reorder.finish()
 
     def batch(self, jobs: Jobs, *, concurrency: int | None = None, progress: bool | None = None) -> list[JobResult]:
         """Run a batch of programs (code strings, dicts or :class:`BatchJob`); results in input order.

@@ -300,3 +300,32 @@ def test_the_progress_bar_shows_only_on_a_terminal_unless_asked() -> None:
         bar.update(1)
     bar.close()
     assert out.getvalue().rstrip("\n").rsplit("\r", 1)[-1].startswith("1,000/1,000 exec")
+
+
+def test_imap_yields_in_input_order_holding_at_most_one_chunk() -> None:
+    read = {"n": 0}
+
+    def source() -> Iterator[str]:
+        for i in range(5_000):
+            read["n"] += 1
+            yield f"print({i})"
+
+    server = FakeBatchServer(max_jobs=1_000)
+    with client_for(server) as client:
+        client._core.batch_limits.max_jobs = 1_000
+        seen = 0
+        for i, execution in enumerate(client.imap(source())):
+            assert execution.stdout == f"print({i})"
+            # An output is released within the chunk that holds it: never more than a chunk read ahead.
+            assert read["n"] - i <= 1_000
+            seen += 1
+    assert seen == 5_000
+
+
+async def test_async_imap_twins_the_sync_one() -> None:
+    server = FakeBatchServer(max_jobs=300)
+    server.cut_after = {2: 5}
+    async with async_client_for(server) as client:
+        out = [e async for e in client.imap(codes(1_000))]
+    assert len(out) == 1_000 and out[0].stdout == "print(0)"
+    assert {e.status for e in out} == {ExecutionStatus.OK, ExecutionStatus.SANDBOX_LOST}
