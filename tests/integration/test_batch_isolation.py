@@ -47,9 +47,10 @@ LOOK_EVERYWHERE = r"""
 import json, os
 home = os.environ.get("HOME", "/home/sandbox")
 seen = {}
+own = __file__  # the job's own source, as `python main.py` has it: not left by anyone
 for d in sorted({os.getcwd(), home, "/home/sandbox", "/tmp", "/dev/shm", "/dev/mqueue"}):
     try:
-        seen[d] = sorted(os.listdir(d))
+        seen[d] = sorted(f for f in os.listdir(d) if os.path.join(d, f) != own)
     except OSError as exc:
         seen[d] = repr(exc)
 for d in {os.getcwd(), home}:
@@ -110,7 +111,11 @@ for g in sorted(guesses):
         pass
 print(cwd)
 """
-    look = "import json, os\nprint(json.dumps([os.getcwd(), os.listdir('.'), os.environ.get('HOME')]))\n"
+    look = (
+        "import json, os\n"
+        "listing = [f for f in os.listdir('.') if os.path.abspath(f) != __file__]  # its own main.py aside\n"
+        "print(json.dumps([os.getcwd(), listing, os.environ.get('HOME')]))\n"
+    )
     results = client.batch(
         [{"id": "plant", "code": plant}, *({"id": f"look{i}", "code": look} for i in range(3))],
         concurrency=1,
