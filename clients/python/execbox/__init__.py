@@ -59,6 +59,7 @@ from execbox._models import (
     TestSpec,
     Truncation,
 )
+from execbox._values import Opaque, decode_value, encode_value
 from execbox._version import __version__
 from execbox.feedback import render_feedback
 
@@ -95,6 +96,7 @@ __all__ = [
     "JobStatus",
     "Language",
     "NotFoundError",
+    "Opaque",
     "PoolExhaustedError",
     "RateLimitError",
     "RequestTooLargeError",
@@ -117,6 +119,8 @@ __all__ = [
     "TestSpec",
     "Truncation",
     "__version__",
+    "decode_value",
+    "encode_value",
     "render_feedback",
 ]
 
