@@ -234,7 +234,12 @@ async def test_jupyter_server_gateway_client_runs_cells_interrupts_and_restarts(
         assert base64.b64decode(displays[0]["image/png"]).startswith(b"\x89PNG")
 
         msg_id = kc.execute("import time\ntime.sleep(60)")
-        await asyncio.sleep(1)
+        # Interrupt once the cell runs (the model says busy), not before it has arrived.
+        for _ in range(600):
+            if (await km.refresh_model())["execution_state"] == "busy":  # type: ignore[no-untyped-call]
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         await km.interrupt_kernel()
         reply = await kc.get_shell_msg(timeout=30)
         assert reply["parent_header"]["msg_id"] == msg_id
