@@ -324,6 +324,11 @@ def service(url: str | None) -> Iterator[str]:
             yield server.url
 
 
+def progress(phase: Phase) -> None:
+    """One line per phase as it ends (the table comes at the end; a long run shows where it is)."""
+    print(f"  {phase.label}: {phase.wall_s:.1f} s, {phase.ok}/{phase.total} ok", file=sys.stderr, flush=True)
+
+
 def fmt_rate(phase: Phase) -> str:
     return f"{phase.programs / phase.wall_s:.1f}"
 
@@ -358,6 +363,7 @@ def main() -> None:
                 len(humaneval),
                 [(verl_body(p, "python", None), None) for p in humaneval],
             )
+            progress(he_rc)
             he_batch = batch_phase(
                 client,
                 "HumanEval-164 via /v1/batch",
@@ -365,6 +371,7 @@ def main() -> None:
                 [{"code": p, "timeout_s": TIMEOUT_S} for p in humaneval],
                 [None] * len(humaneval),
             )
+            progress(he_batch)
 
             nonce = f"run_code {run_id}"
             before = compile_cache_counts(http)
@@ -374,6 +381,7 @@ def main() -> None:
                 len(cpp),
                 [(verl_body(p.salted(nonce), "cpp", stdin), want) for p in cpp for stdin, want in p.cases],
             )
+            progress(cpp_rc)
             rc_cache = cache_delta(before, compile_cache_counts(http))
             if rc_cache:  # the service's own count, when it keeps one, over the zero-time estimate
                 cpp_rc.cache_hits, cpp_rc.cache_lookups = rc_cache
@@ -389,6 +397,7 @@ def main() -> None:
                 ],
                 [want for p in cpp for _, want in p.cases],
             )
+            progress(cpp_batch)
             alone = alone_latencies(http, args.alone)
 
     header("SandboxFusion /run_code (verl-style, 32 in flight) vs /v1/batch")
