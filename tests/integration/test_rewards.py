@@ -60,7 +60,9 @@ def trl_call(reward: Any, completions: list[Any], tests: list[Any]) -> Any:
 def test_trl_group_of_completions_scored_by_execution(client: Client) -> None:
     completions = [PY_STDIO, CPP_STDIO, PY_FUNCTION, WRONG_FUNCTION, PY_FUNCTION, "no code at all"]
     tests = [ADD_STDIO, ADD_CPP, ADD_APPS, ADD_APPS, ADD_MBPP, ADD_STDIO]
-    assert trl_call(CodeReward(client), completions, tests) == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    # Generous limits: a busy CI machine must not turn a slow g++ into a compile timeout.
+    reward = CodeReward(client, timeout_s=30, compile_timeout_s=60)
+    assert trl_call(reward, completions, tests) == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
 
 
 def test_trl_conversational_completions(client: Client) -> None:
@@ -119,7 +121,18 @@ def test_verl_naive_manager_call_shape(verl_loader: ModuleType, server: LocalSer
         return fn(**{**kwargs, "extra_info": extra_info or {}, **reward_kwargs})  # type: ignore[no-any-return]
 
     assert call(PY_STDIO, json.dumps(ADD_STDIO))["score"] == 1.0
-    assert call(CPP_STDIO, json.dumps(ADD_STDIO), {"language": "cpp"})["score"] == 1.0
+    slow_ok = {"timeout_s": 30, "compile_timeout_s": 60}  # reward_kwargs too: g++ on a busy machine
+    assert (
+        fn(
+            data_source="cc",
+            solution_str=CPP_STDIO,
+            ground_truth=json.dumps(ADD_STDIO),
+            extra_info={"language": "cpp"},
+            **reward_kwargs,
+            **slow_ok,
+        )["score"]
+        == 1.0
+    )
     assert call(WRONG_FUNCTION, json.dumps(ADD_APPS)) == {"score": 0.0, "passed": 0, "total": 2, "service_error": False}
     assert call(EXIT_EARLY, ADD_APPS)["score"] == 0.0
 

@@ -41,20 +41,23 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
+from execbox._async_client import AsyncClient
 from execbox._client import Client
 from execbox._exceptions import ExecboxError
 from execbox._models import JobResult, JobStatus, Language, TestSpec
 from execbox._values import encode_value
 
 __all__ = [
+    "AsyncCodeReward",
     "CodeReward",
     "FunctionTests",
     "OnServiceError",
     "RewardServiceError",
     "Score",
     "StdioTests",
+    "ascore_completions",
     "compute_score",
     "compute_score_batch",
     "extract_code",
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 OnServiceError = Literal["raise", "nan", "skip"]
+C = TypeVar("C", Client, AsyncClient)
 Scoring = Literal["fraction", "all"]
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+#-]*)[ \t]*\n(.*?)```", re.S)
@@ -231,59 +235,118 @@ def score_completions(
     timeout_s: float = 10.0,
     memory_mb: int | None = None,
     retries: int = 2,
+    compile_timeout_s: float | None = None,
 ) -> list[Score]:
     """Run each code against its tests in one batch; a Score per code (``value`` None: service failure).
 
     ``scoring``: ``"fraction"`` of tests passed, or ``"all"`` (1.0 only when every test passed).
     """
-    if len(codes) != len(tests):
-        raise ValueError(f"{len(codes)} completions but {len(tests)} test sets")
-    jobs: list[dict[str, Any]] = []
-    owner: list[tuple[int, int]] = []  # job -> (completion, case or -1 for a function-test job)
-    for i, (code, test) in enumerate(zip(codes, tests, strict=True)):
-        if isinstance(test, FunctionTests):
-            spec = test.spec.model_copy(update={"stop_on_first_failure": scoring == "all"})
-            source = f"{test.prefix}\n{code}" if test.prefix and f"def {spec.entry_point}" not in code else code
-            jobs.append(
-                {
-                    "code": source,
-                    "tests": spec.model_dump(exclude_none=True),
-                    "timeout_s": _spec_timeout(spec, timeout_s),
-                }
-            )
-            owner.append((i, -1))
-        else:
-            for k, (stdin, _) in enumerate(test.cases):
-                jobs.append({"code": code, "stdin": stdin, "language": test.language.value, "timeout_s": timeout_s})
-                owner.append((i, k))
-    for job in jobs:
-        if memory_mb is not None:
-            job["memory_mb"] = memory_mb
-    results = _run_with_retries(client, jobs, retries)
-    return _scores(codes, tests, owner, results, scoring)
+    plan = _Plan.of(
+        codes, tests, scoring=scoring, timeout_s=timeout_s, memory_mb=memory_mb, compile_timeout_s=compile_timeout_s
+    )
+    results = client.batch(plan.jobs, progress=False)
+    for _ in range(retries):
+        again = plan.to_retry(results)
+        if not again:
+            break
+        plan.merge(results, again, client.batch([plan.jobs[i] for i in again], progress=False))
+    return plan.scores(results)
+
+
+async def ascore_completions(
+    client: AsyncClient,
+    codes: Sequence[str],
+    tests: Sequence[Tests],
+    *,
+    scoring: Scoring = "fraction",
+    timeout_s: float = 10.0,
+    memory_mb: int | None = None,
+    retries: int = 2,
+    compile_timeout_s: float | None = None,
+) -> list[Score]:
+    """:func:`score_completions` with an :class:`AsyncClient`."""
+    plan = _Plan.of(
+        codes, tests, scoring=scoring, timeout_s=timeout_s, memory_mb=memory_mb, compile_timeout_s=compile_timeout_s
+    )
+    results = await client.batch(plan.jobs, progress=False)
+    for _ in range(retries):
+        again = plan.to_retry(results)
+        if not again:
+            break
+        plan.merge(results, again, await client.batch([plan.jobs[i] for i in again], progress=False))
+    return plan.scores(results)
+
+
+@dataclass
+class _Plan:
+    """The jobs of a group of completions and how their results become scores (no I/O).
+
+    Jobs that come back ``service_error`` may be sent again: their result never reached us, and a
+    job is a program in a fresh sandbox process with no effect outside it.
+    """
+
+    codes: Sequence[str]
+    tests: Sequence[Tests]
+    scoring: Scoring
+    jobs: list[dict[str, Any]]
+    owner: list[tuple[int, int]]  # job -> (completion, case; -1 for a function-test job)
+
+    @classmethod
+    def of(
+        cls,
+        codes: Sequence[str],
+        tests: Sequence[Tests],
+        *,
+        scoring: Scoring,
+        timeout_s: float,
+        memory_mb: int | None,
+        compile_timeout_s: float | None = None,
+    ) -> _Plan:
+        if len(codes) != len(tests):
+            raise ValueError(f"{len(codes)} completions but {len(tests)} test sets")
+        jobs: list[dict[str, Any]] = []
+        owner: list[tuple[int, int]] = []
+        for i, (code, test) in enumerate(zip(codes, tests, strict=True)):
+            if isinstance(test, FunctionTests):
+                spec = test.spec.model_copy(
+                    update={
+                        "stop_on_first_failure": scoring == "all",
+                        "per_test_timeout_s": test.spec.per_test_timeout_s or timeout_s,
+                    }
+                )
+                source = f"{test.prefix}\n{code}" if test.prefix and f"def {spec.entry_point}" not in code else code
+                tests_body = spec.model_dump(exclude_none=True)
+                jobs.append({"code": source, "tests": tests_body, "timeout_s": _spec_timeout(spec, timeout_s)})
+                owner.append((i, -1))
+            else:
+                for k, (stdin, _) in enumerate(test.cases):
+                    jobs.append({"code": code, "stdin": stdin, "language": test.language.value, "timeout_s": timeout_s})
+                    owner.append((i, k))
+        for job in jobs:
+            if memory_mb is not None:
+                job["memory_mb"] = memory_mb
+            if compile_timeout_s is not None and job.get("language") == Language.CPP.value:
+                job["compile_timeout_s"] = compile_timeout_s
+        return cls(codes, tests, scoring, jobs, owner)
+
+    @staticmethod
+    def to_retry(results: list[JobResult]) -> list[int]:
+        return [i for i, r in enumerate(results) if not r.is_verdict]
+
+    @staticmethod
+    def merge(results: list[JobResult], again: list[int], rerun: list[JobResult]) -> None:
+        for i, result in zip(again, rerun, strict=True):
+            result.index = i
+            results[i] = result
+
+    def scores(self, results: list[JobResult]) -> list[Score]:
+        return _scores(self.codes, self.tests, self.owner, results, self.scoring)
 
 
 def _spec_timeout(spec: TestSpec, per_case_s: float) -> float:
     """A function-test job runs every case: its budget is the cases' (bounded like EvalPlus: 60 s)."""
     n = len(spec.cases or []) or 1
     return min(60.0, per_case_s * n) + 1.0
-
-
-def _run_with_retries(client: Client, jobs: list[dict[str, Any]], retries: int) -> list[JobResult]:
-    """Results of ``jobs``; those the service could not run are sent again, ``retries`` times at most.
-
-    Safe to resend: a service_error job's result never reached us, and a job is a program in a
-    fresh sandbox process with no effect outside it.
-    """
-    results = client.batch(jobs, progress=False)
-    for _ in range(retries):
-        again = [i for i, r in enumerate(results) if not r.is_verdict]
-        if not again:
-            break
-        for i, result in zip(again, client.batch([jobs[i] for i in again], progress=False), strict=True):
-            result.index = i
-            results[i] = result
-    return results
 
 
 def _scores(
@@ -342,7 +405,48 @@ def _apply_policy(scores: list[Score], on_service_error: OnServiceError) -> list
 # ---------------------------------------------------------------- TRL
 
 
-class CodeReward:
+class _TrlReward(Generic[C]):
+    """What TRL's two reward function forms share: options, reading the columns, the policy."""
+
+    def __init__(
+        self,
+        client: C,
+        *,
+        tests_column: str = "tests",
+        scoring: Scoring = "fraction",
+        on_service_error: OnServiceError = "raise",
+        retries: int = 2,
+        timeout_s: float = 10.0,
+        memory_mb: int | None = None,
+        compile_timeout_s: float | None = None,
+    ) -> None:
+        if on_service_error not in ("raise", "nan", "skip"):
+            raise ValueError("on_service_error must be 'raise', 'nan' or 'skip'")
+        self.client: C = client
+        self.tests_column = tests_column
+        self.scoring: Scoring = scoring
+        self.on_service_error: OnServiceError = on_service_error
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self.compile_timeout_s = compile_timeout_s
+        self.__name__ = "execbox_code_reward"  # TRL names a reward function's metrics by it
+
+    def _read(self, completions: Sequence[Any], columns: Mapping[str, Any]) -> tuple[list[str], list[Tests]]:
+        if self.tests_column not in columns:
+            raise KeyError(f"no dataset column {self.tests_column!r} among {sorted(columns)}")
+        tests = [parse_tests(t) for t in columns[self.tests_column]]
+        codes = [extract_code(completion_text(c), t.language) for c, t in zip(completions, tests, strict=True)]
+        return codes, tests
+
+    def _rewards(self, scores: list[Score], columns: Mapping[str, Any]) -> list[float | None]:
+        log_metric = columns.get("log_metric")
+        if callable(log_metric):
+            log_metric("execbox/service_errors", float(sum(s.value is None for s in scores)))
+        return _apply_policy(scores, self.on_service_error)
+
+
+class CodeReward(_TrlReward[Client]):
     """A TRL reward function: ``reward(completions, **dataset_columns) -> list[float | None]``.
 
     Args:
@@ -353,31 +457,10 @@ class CodeReward:
         retries: times a job the service could not run is sent again.
         timeout_s: per test (stdin/stdout) or per case (function tests).
         memory_mb: per job; default the server's.
+        compile_timeout_s: of a C++ build; default the server's.
 
     A ``log_metric`` keyword (TRL passes one) gets ``execbox/service_errors`` per call.
     """
-
-    def __init__(
-        self,
-        client: Client,
-        *,
-        tests_column: str = "tests",
-        scoring: Scoring = "fraction",
-        on_service_error: OnServiceError = "raise",
-        retries: int = 2,
-        timeout_s: float = 10.0,
-        memory_mb: int | None = None,
-    ) -> None:
-        if on_service_error not in ("raise", "nan", "skip"):
-            raise ValueError("on_service_error must be 'raise', 'nan' or 'skip'")
-        self.client = client
-        self.tests_column = tests_column
-        self.scoring: Scoring = scoring
-        self.on_service_error: OnServiceError = on_service_error
-        self.retries = retries
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
-        self.__name__ = "execbox_code_reward"  # TRL names a reward function's metrics by it
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         """One reward per completion; ``kwargs`` holds the dataset's columns (lists) and TRL's extras.
@@ -386,10 +469,7 @@ class CodeReward:
             KeyError: no ``tests_column`` among the columns. ValueError: tests in no known format.
             RewardServiceError: the service failed some (``on_service_error="raise"``).
         """
-        if self.tests_column not in kwargs:
-            raise KeyError(f"no dataset column {self.tests_column!r} among {sorted(kwargs)}")
-        tests = [parse_tests(t) for t in kwargs[self.tests_column]]
-        codes = [extract_code(completion_text(c), t.language) for c, t in zip(completions, tests, strict=True)]
+        codes, tests = self._read(completions, kwargs)
         scores = score_completions(
             self.client,
             codes,
@@ -398,11 +478,29 @@ class CodeReward:
             timeout_s=self.timeout_s,
             memory_mb=self.memory_mb,
             retries=self.retries,
+            compile_timeout_s=self.compile_timeout_s,
         )
-        log_metric = kwargs.get("log_metric")
-        if callable(log_metric):
-            log_metric("execbox/service_errors", float(sum(s.value is None for s in scores)))
-        return _apply_policy(scores, self.on_service_error)
+        return self._rewards(scores, kwargs)
+
+
+class AsyncCodeReward(_TrlReward[AsyncClient]):
+    """:class:`CodeReward` for an :class:`AsyncClient`: TRL awaits an async reward function and runs it
+    beside the others (``asyncio.gather``), so execution overlaps the other rewards' work."""
+
+    async def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        """See :meth:`CodeReward.__call__`."""
+        codes, tests = self._read(completions, kwargs)
+        scores = await ascore_completions(
+            self.client,
+            codes,
+            tests,
+            scoring=self.scoring,
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+            retries=self.retries,
+            compile_timeout_s=self.compile_timeout_s,
+        )
+        return self._rewards(scores, kwargs)
 
 
 # ---------------------------------------------------------------- verl
@@ -421,6 +519,7 @@ def compute_score(
     retries: int = 2,
     timeout_s: float = 10.0,
     memory_mb: int | None = None,
+    compile_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """verl's custom ``compute_score`` for one completion; the keywords come from
     ``custom_reward_function.reward_kwargs``. Returns ``{"score", "passed", "total", "service_error"}``.
@@ -441,6 +540,7 @@ def compute_score(
         retries=retries,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
+        compile_timeout_s=compile_timeout_s,
     )
     return score
 
@@ -458,6 +558,7 @@ def compute_score_batch(
     retries: int = 2,
     timeout_s: float = 10.0,
     memory_mb: int | None = None,
+    compile_timeout_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """verl's batch reward manager form: every completion of the batch in one batch request."""
     if on_service_error not in ("raise", "nan"):
@@ -467,7 +568,14 @@ def compute_score_batch(
     codes = [extract_code(s, t.language) for s, t in zip(solution_strs, tests, strict=True)]
     with Client(execbox_url, api_key=execbox_api_key) as client:
         scores = score_completions(
-            client, codes, tests, scoring=scoring, timeout_s=timeout_s, memory_mb=memory_mb, retries=retries
+            client,
+            codes,
+            tests,
+            scoring=scoring,
+            timeout_s=timeout_s,
+            memory_mb=memory_mb,
+            retries=retries,
+            compile_timeout_s=compile_timeout_s,
         )
     _apply_policy(scores, on_service_error)  # raises for "raise"
     return [s.to_verl() for s in scores]

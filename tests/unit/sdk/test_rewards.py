@@ -5,6 +5,7 @@ failure of the service never scored 0."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from execbox import Client
+from execbox import AsyncClient, Client
 from execbox.rewards import (
+    AsyncCodeReward,
     CodeReward,
     FunctionTests,
     RewardServiceError,
@@ -182,3 +184,16 @@ def test_code_is_the_last_fenced_block_of_the_language_else_the_text() -> None:
     assert extract_code(text) == "last"
     assert extract_code(text, parse_tests({**STDIO, "language": "cpp"}).language) == "int main(){}"
     assert extract_code("print(1)") == "print(1)"
+
+
+async def test_the_async_reward_is_awaited_as_trl_awaits_an_async_callable_instance() -> None:
+    judge = FakeJudge(lost_times=1)
+    transport = httpx.MockTransport(judge)
+    async with AsyncClient("http://execbox.test", http_client=httpx.AsyncClient(transport=transport)) as client:
+        reward = AsyncCodeReward(client, retries=1)
+        # trl.trainer.utils.is_async_callable: a callable instance whose __call__ is a coroutine function.
+        assert inspect.iscoroutinefunction(reward.__call__)
+        rewards = await reward(
+            prompts=["p", "p"], completions=["ADD LOST", "wrong"], completion_ids=[[0], [0]], tests=[STDIO, FUNCTION]
+        )
+    assert rewards == [1.0, 0.0] and [len(b) for b in judge.bodies] == [3, 2]
