@@ -265,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--base-only", action="store_true", help="+ benchmarks: only the base inputs")
     ev.add_argument(
+        "--memory-mb",
+        type=int,
+        help="+ benchmarks: memory of each job (default: the service's; EvalPlus allows 4096, and Mbpp/255's "
+        "canonical solution needs more than 1024)",
+    )
+    ev.add_argument(
         "--min-time-limit", type=float, default=1.0, help="+ benchmarks: floor of a per-input time limit, s (1)"
     )
     ev.add_argument(
@@ -647,6 +653,7 @@ def _eval_plus(args: argparse.Namespace) -> int:
             dataset,
             samples,
             base_only=args.base_only,
+            memory_mb=args.memory_mb,
             min_time_limit=args.min_time_limit,
             gt_time_limit_factor=args.gt_time_limit_factor,
             refresh_groundtruth=args.refresh_groundtruth,

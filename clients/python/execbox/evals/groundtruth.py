@@ -147,6 +147,7 @@ class _Pending:
     start: int
     expected: list[Any]
     times_s: list[float]
+    memory_mb: int | None = None
 
     @property
     def inputs(self) -> list[Any]:
@@ -158,6 +159,7 @@ class _Pending:
             id=f"{self.task.task_id}:{self.suite}:{self.start}",
             code=self.task.reference,
             timeout_s=COLLECT_TIMEOUT_S,
+            memory_mb=self.memory_mb,
             max_output_bytes=COLLECT_OUTPUT_BYTES,
             tests=TestSpec(
                 entry_point=self.task.entry_point,
@@ -210,10 +212,12 @@ def compute_groundtruth(
     *,
     directory: Path | None = None,
     refresh: bool = False,
+    memory_mb: int | None = None,
     progress: bool | None = False,
 ) -> GroundTruth:
     """Expected outputs of every input of ``dataset``: from the cache, else computed in the sandbox
-    (and then cached).
+    (and then cached). ``memory_mb``: of each collect job (EvalPlus allows 4 GiB; Mbpp/255's
+    canonical solution needs more than 1 GiB on one of its inputs).
 
     Raises:
         GroundTruthError: the canonical solution failed on an input (see the class).
@@ -226,7 +230,7 @@ def compute_groundtruth(
         if cached is not None:
             return cached
     started = time.monotonic()
-    pending = [_Pending(task, suite, 0, [], []) for task in dataset.tasks.values() for suite in SUITES]
+    pending = [_Pending(task, suite, 0, [], [], memory_mb) for task in dataset.tasks.values() for suite in SUITES]
     done: list[_Pending] = [p for p in pending if not p.inputs]
     todo = [p for p in pending if p.inputs]
     bar = progress_bar(len(todo), unit="suite", enabled=progress)

@@ -409,7 +409,7 @@ def evaluate_plus(
     if unknown:
         raise KeyError(f"samples name tasks not in {dataset.name.value}+: {', '.join(unknown[:5])}")
     truth = groundtruth or compute_groundtruth(
-        client, dataset, directory=cache, refresh=refresh_groundtruth, progress=progress
+        client, dataset, directory=cache, refresh=refresh_groundtruth, memory_mb=memory_mb, progress=progress
     )
     completion_ids: Counter[str] = Counter()
     entries = []  # (task_id, completion_id, solution)
