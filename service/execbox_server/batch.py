@@ -110,6 +110,9 @@ class BuildCache:
         self._entries.move_to_end((owner, key))
         return build
 
+    def has(self, owner: str | None, key: str) -> bool:
+        return (owner, key) in self._entries
+
     def put(self, owner: str | None, key: str, build: str) -> None:
         if len(build) > self._max_entry or (owner, key) in self._entries:
             return
@@ -129,6 +132,7 @@ class BatchRunner:
         self._idle_since: dict[int, float] = {}  # id(worker) -> when it was last released
         self._alive = 0
         self.builds = BuildCache()
+        self._building: dict[tuple[str | None, str], asyncio.Event] = {}  # builds being compiled
         self._changed = asyncio.Condition()
         self._closed = False
         self._warm_task: asyncio.Task[None] | None = None
@@ -274,19 +278,32 @@ class BatchRunner:
         while the current one runs, so the host's round trip costs the worker no idle time.
         """
         inflight: deque[tuple[int, ResolvedJob, float]] = deque()
+        builds: dict[int, tuple[str | None, str]] = {}  # jobs of this lane that build for others
+        held: tuple[int, ResolvedJob] | None = None  # taken from the queue, sent once a build is in
         try:
             while True:
                 if worker is None:
+                    if held is not None:
+                        queue.put_nowait(held)
+                        held = None
                     if queue.empty():
                         return
                     try:
                         worker = await self._acquire(owner)
                     except (PoolExhausted, PoolClosed):
                         return  # other lanes (or run()'s final sweep) take the rest
-                while len(inflight) < PIPELINE_DEPTH and not queue.empty():
-                    index, job = queue.get_nowait()
+                while len(inflight) < PIPELINE_DEPTH and (held is not None or not queue.empty()):
+                    index, job = held or queue.get_nowait()
+                    held = None
+                    if inflight and self._waits_for_build(worker.owner, job):
+                        # Its build may be the job in flight here: wait once that one is done.
+                        held = (index, job)
+                        break
                     try:
-                        self._send(worker, index, job)
+                        build, building = await self._claim_build(worker.owner, job)
+                        if building is not None:
+                            builds[index] = building
+                        self._send(worker, job, build)
                     except OSError:
                         inflight.append((index, job, time.monotonic()))
                         break
@@ -303,6 +320,7 @@ class BatchRunner:
                     log.warning("batch worker %s lost during job %d: %r", worker.short_id, index, exc)
                     while inflight:
                         i, j, t = inflight.popleft()
+                        self._built(builds.pop(i, None))
                         lost = _failed(i, j.job, f"the worker running this job was lost ({exc!r}) and replaced")
                         lost.wall_ms = round((time.monotonic() - t) * 1000, 3)
                         await emit(lost)
@@ -318,6 +336,7 @@ class BatchRunner:
                     parsed = parse_result(index, job.job, line, limit=job.limits.max_output_bytes)
                 if parsed.build is not None:
                     self.builds.put(worker.owner, build_key(job.job.language.value, job.job.code), parsed.build)
+                self._built(builds.pop(index, None))
                 await emit(parsed.result)
                 if not parsed.worker_ok:
                     # The worker could not be made clean after this job, or sent what no sound
@@ -326,6 +345,7 @@ class BatchRunner:
                     log.warning("batch worker %s retired after job %d: %s", worker.short_id, index, parsed.reason)
                     while inflight:
                         i, j, _t = inflight.popleft()
+                        self._built(builds.pop(i, None))
                         queue.put_nowait((i, j))
                     await self._discard(worker)
                     worker = None
@@ -334,17 +354,55 @@ class BatchRunner:
                     await self._discard(worker)
                     worker = None
         finally:
+            if held is not None:
+                queue.put_nowait(held)  # run()'s final sweep reports it if no lane takes it
+            for key in builds.values():
+                self._built(key)
             if worker is not None:
                 if inflight:  # cancelled mid-flight: the worker's state is unknown
                     await asyncio.shield(self._discard(worker))
                 else:
                     await asyncio.shield(self._release(worker))
 
-    def _send(self, worker: Worker, index: int, resolved: ResolvedJob) -> None:
-        build = None
-        if _compiled(resolved.job):
-            build = self.builds.get(worker.owner, build_key(resolved.job.language.value, resolved.job.code))
+    def _send(self, worker: Worker, resolved: ResolvedJob, build: str | None) -> None:
         worker.writer.write(encode_request(job_request(resolved, build=build)))
+
+    async def _claim_build(
+        self, owner: str | None, resolved: ResolvedJob
+    ) -> tuple[str | None, tuple[str | None, str] | None]:
+        """A compiled job's cached build, or the claim to build it (its key) for the jobs after it.
+
+        One compile per source at a time: verl sends a program once per test case, all at once,
+        and as many simultaneous compiles on a busy machine each run past their deadline, so
+        none ever fills the cache. Later jobs of a source being built wait for that build (up to
+        its compile deadline); if it failed, they compile themselves.
+        """
+        if not _compiled(resolved.job):
+            return None, None
+        key = (owner, build_key(resolved.job.language.value, resolved.job.code))
+        build = self.builds.get(*key)
+        if build is not None:
+            return build, None
+        building = self._building.get(key)
+        if building is None:
+            self._building[key] = asyncio.Event()
+            return None, key
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(building.wait(), resolved.limits.compile_timeout_s + WORKER_MARGIN_S)
+        return self.builds.get(*key), None
+
+    def _waits_for_build(self, owner: str | None, resolved: ResolvedJob) -> bool:
+        if not _compiled(resolved.job):
+            return False
+        key = (owner, build_key(resolved.job.language.value, resolved.job.code))
+        return key in self._building and not self.builds.has(*key)
+
+    def _built(self, key: tuple[str | None, str] | None) -> None:
+        """The job that claimed ``key``'s build has its result (a build, or none): release the waiters."""
+        if key is not None:
+            event = self._building.pop(key, None)
+            if event is not None:
+                event.set()
 
     # ------------------------------------------------------------------ workers
 

@@ -147,3 +147,12 @@ def test_a_compiled_program_cannot_reach_the_result_pipe(client: Client) -> None
     )
     result = one(client, code=code, language="cpp")
     assert result.ok and result.stdout == "0", result
+
+
+def test_jobs_of_one_source_in_flight_together_compile_it_once(client: Client) -> None:
+    # verl's shape: one program, one job per test case, all at once. One compile; the others wait
+    # for its build instead of each compiling (on a busy machine, past their deadline).
+    source = SUM.replace("a+b", "a-b")  # a source no other test has built
+    results = client.batch([{"code": source, "language": "cpp", "stdin": f"{i} 1"} for i in range(6)], concurrency=6)
+    assert [r.stdout for r in results] == [f"{i - 1}\n" for i in range(6)], results
+    assert sum(1 for r in results if r.compile is not None and not r.compile.cached) == 1, [r.compile for r in results]
