@@ -48,8 +48,11 @@ __all__ = [
 CACHE_DIR_ENV = "EXECBOX_CACHE_DIR"
 # Bumped when what is cached changes meaning (encoding, timing), so old files are not read.
 _FORMAT = 1
-# One collect job's budget. A task that needs longer is continued in further jobs (see above).
+# One collect job's budget. A task that needs longer is continued in further jobs (see above);
+# a single input that alone needs longer (a loaded machine) gets 4x more, up to the largest
+# timeout a service accepts by default.
 COLLECT_TIMEOUT_S = 30.0
+COLLECT_MAX_TIMEOUT_S = 300.0
 # Collect jobs return every output; the server's largest output budget, split further if cut.
 COLLECT_OUTPUT_BYTES = 16 * 1024 * 1024
 SUITES = ("base", "plus")
@@ -148,6 +151,7 @@ class _Pending:
     expected: list[Any]
     times_s: list[float]
     memory_mb: int | None = None
+    timeout_s: float = COLLECT_TIMEOUT_S
 
     @property
     def inputs(self) -> list[Any]:
@@ -158,7 +162,7 @@ class _Pending:
         return BatchJob(
             id=f"{self.task.task_id}:{self.suite}:{self.start}",
             code=self.task.reference,
-            timeout_s=COLLECT_TIMEOUT_S,
+            timeout_s=self.timeout_s,
             memory_mb=self.memory_mb,
             max_output_bytes=COLLECT_OUTPUT_BYTES,
             tests=TestSpec(
@@ -166,7 +170,7 @@ class _Pending:
                 cases=cases,
                 semantics="evalplus",
                 mode="collect",
-                per_test_timeout_s=COLLECT_TIMEOUT_S,
+                per_test_timeout_s=self.timeout_s,
             ),
         )
 
@@ -174,7 +178,8 @@ class _Pending:
         """Keep the values ``result`` brought back; True when the suite is complete.
 
         Raises:
-            GroundTruthError: the canonical solution raised, or one input alone ran out of time.
+            GroundTruthError: the canonical solution raised, or one input alone ran out of the
+                largest budget.
         """
         label = f"{self.task.task_id} {self.suite} input {{}}"
         returned = 0
@@ -194,6 +199,10 @@ class _Pending:
             error = stopped.error
             what = f"{error.name}: {error.value}" if error else "an error"
             raise GroundTruthError(f"the canonical solution raised on {label.format(self.start)}: {what}")
+        timed_out = result.status is JobStatus.TIMEOUT or (stopped is not None and stopped.status == "timeout")
+        if returned == 0 and timed_out and self.timeout_s < COLLECT_MAX_TIMEOUT_S:
+            self.timeout_s = min(self.timeout_s * 4, COLLECT_MAX_TIMEOUT_S)
+            return False
         if returned == 0:
             # Nothing came back although the job started at this input: it alone ran out of time
             # or output, or the reference program itself failed (it does not define the function).

@@ -108,12 +108,19 @@ def test_a_canonical_solution_that_raises_is_refused_with_the_task_and_input(tmp
         compute_groundtruth(service(answer, []), dataset(task("T/0", [[1], [2]], [[1]])), directory=tmp_path)
 
 
-def test_one_input_that_alone_outlasts_the_budget_is_refused_not_retried_forever(tmp_path: Path) -> None:
+def test_one_input_that_alone_outlasts_the_budget_gets_more_then_is_refused(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
     def answer(job: dict[str, Any], n: int, args: list[Any]) -> dict[str, Any]:
+        if job["timeout_s"] >= 120 and args == [2]:  # a slow input on a loaded machine
+            return returned(n, 2)
         return {"index": n, "passed": False, "status": "timeout" if n == 0 else "not_run"}
 
     with pytest.raises(GroundTruthError, match="T/0 base input 0"):
-        compute_groundtruth(service(answer, []), dataset(task("T/0", [[1]], [[1]])), directory=tmp_path)
+        compute_groundtruth(service(answer, seen), dataset(task("T/0", [[1]], [[2]])), directory=tmp_path)
+    assert [job["timeout_s"] for job in seen if job["id"] == "T/0:base:0"] == [30.0, 120.0, 300.0]
+    truth = compute_groundtruth(service(answer, []), dataset(task("T/0", [[2]], [])), directory=tmp_path)
+    assert truth.suite("T/0", "base").expected == [2]
 
 
 def test_the_cache_is_read_back_for_the_same_dataset_hash_only(tmp_path: Path) -> None:
