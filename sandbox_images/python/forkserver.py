@@ -1534,8 +1534,12 @@ class _Server:
         wait_status, cpu_s, peak = self.zygote.reaped(REPORT_TIMEOUT_S)
         wall = time.monotonic() - run_started
         stage = records.compile
-        if stage is None and records.compiles:  # the backstop ended a compile that never reported
-            stage = StageReport(status="timeout", wall_ms=round(wall * 1000, 3))
+        broken_build = False
+        if stage is None and records.compiles:
+            if status == "timeout":  # the backstop ended a compile that never reported
+                stage = StageReport(status="timeout", wall_ms=round(wall * 1000, 3))
+            else:  # the job ended without a word about its build: this worker's machinery failed
+                broken_build = True
         fetch = _fetch_paths(job.program)
         files = self.zygote.fetch(fetch, limit) if fetch else None
         left = self.make_clean()
@@ -1551,7 +1555,10 @@ class _Server:
             signame = _signal_name(os.WTERMSIG(wait_status))
         error = records.error
         message: str | None = None
-        if stage is not None and stage.status != "ok":
+        if broken_build:
+            status, exit_code, signame, error = "service_error", None, None, None
+            message = "the compile step failed in the worker (not the program's fault); see stderr"
+        elif stage is not None and stage.status != "ok":
             # Nothing of the program ran: the compile's outcome is the job's.
             status = "timeout" if stage.status == "timeout" else "compile_error"
             exit_code, signame, error = None, None, None

@@ -26,7 +26,7 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from execbox._models import (
@@ -132,7 +132,7 @@ class BatchRunner:
         self._idle_since: dict[int, float] = {}  # id(worker) -> when it was last released
         self._alive = 0
         self.builds = BuildCache()
-        self._building: dict[tuple[str | None, str], asyncio.Event] = {}  # builds being compiled
+        self._building: dict[tuple[str | None, str], _Flight] = {}  # builds being compiled
         self._changed = asyncio.Condition()
         self._closed = False
         self._warm_task: asyncio.Task[None] | None = None
@@ -299,10 +299,13 @@ class BatchRunner:
                         # Its build may be the job in flight here: wait once that one is done.
                         held = (index, job)
                         break
+                    build, building, shared = await self._claim_build(worker.owner, job)
+                    if shared is not None:  # the same source failed to build just now: its verdict
+                        await emit(_shared_compile(index, job.job, shared))
+                        continue
+                    if building is not None:
+                        builds[index] = building
                     try:
-                        build, building = await self._claim_build(worker.owner, job)
-                        if building is not None:
-                            builds[index] = building
                         self._send(worker, job, build)
                     except OSError:
                         inflight.append((index, job, time.monotonic()))
@@ -336,7 +339,7 @@ class BatchRunner:
                     parsed = parse_result(index, job.job, line, limit=job.limits.max_output_bytes)
                 if parsed.build is not None:
                     self.builds.put(worker.owner, build_key(job.job.language.value, job.job.code), parsed.build)
-                self._built(builds.pop(index, None))
+                self._built(builds.pop(index, None), parsed.result)
                 await emit(parsed.result)
                 if not parsed.worker_ok:
                     # The worker could not be made clean after this job, or sent what no sound
@@ -369,27 +372,35 @@ class BatchRunner:
 
     async def _claim_build(
         self, owner: str | None, resolved: ResolvedJob
-    ) -> tuple[str | None, tuple[str | None, str] | None]:
-        """A compiled job's cached build, or the claim to build it (its key) for the jobs after it.
+    ) -> tuple[str | None, tuple[str | None, str] | None, JobResult | None]:
+        """For a compiled job: its cached build, or the claim to build it (its key), or the
+        failed build of the same source that it waited for.
 
         One compile per source at a time: verl sends a program once per test case, all at once,
         and as many simultaneous compiles on a busy machine each run past their deadline, so
         none ever fills the cache. Later jobs of a source being built wait for that build (up to
-        its compile deadline); if it failed, they compile themselves.
+        its compile deadline) and share its outcome: the build, or the compile's failure (the
+        same source with the same compiler fails the same way); if the builder was lost, they
+        compile themselves.
         """
         if not _compiled(resolved.job):
-            return None, None
+            return None, None, None
         key = (owner, build_key(resolved.job.language.value, resolved.job.code))
         build = self.builds.get(*key)
         if build is not None:
-            return build, None
-        building = self._building.get(key)
-        if building is None:
-            self._building[key] = asyncio.Event()
-            return None, key
+            self._metrics.compile_cache.labels("hit").inc()
+            return build, None, None
+        flight = self._building.get(key)
+        if flight is None:
+            self._building[key] = _Flight()
+            self._metrics.compile_cache.labels("miss").inc()
+            return None, key, None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(building.wait(), resolved.limits.compile_timeout_s + WORKER_MARGIN_S)
-        return self.builds.get(*key), None
+            await asyncio.wait_for(flight.done.wait(), resolved.limits.compile_timeout_s + WORKER_MARGIN_S)
+        build = self.builds.get(*key)
+        shared = build is not None or flight.failure is not None
+        self._metrics.compile_cache.labels("shared" if shared else "miss").inc()
+        return build, None, flight.failure
 
     def _waits_for_build(self, owner: str | None, resolved: ResolvedJob) -> bool:
         if not _compiled(resolved.job):
@@ -397,12 +408,16 @@ class BatchRunner:
         key = (owner, build_key(resolved.job.language.value, resolved.job.code))
         return key in self._building and not self.builds.has(*key)
 
-    def _built(self, key: tuple[str | None, str] | None) -> None:
-        """The job that claimed ``key``'s build has its result (a build, or none): release the waiters."""
-        if key is not None:
-            event = self._building.pop(key, None)
-            if event is not None:
-                event.set()
+    def _built(self, key: tuple[str | None, str] | None, result: JobResult | None = None) -> None:
+        """The job that claimed ``key``'s build has its result (None: it was lost): release the waiters."""
+        if key is None:
+            return
+        flight = self._building.pop(key, None)
+        if flight is None:
+            return
+        if result is not None and result.compile is not None and result.compile.status != "ok":
+            flight.failure = result
+        flight.done.set()
 
     # ------------------------------------------------------------------ workers
 
@@ -478,6 +493,25 @@ class BatchRunner:
         async with self._changed:
             self._alive -= 1
             self._changed.notify_all()
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A build being compiled for the jobs of its source that wait for it."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: JobResult | None = None  # the builder's result when its compile failed
+
+
+def _shared_compile(index: int, job: BatchJob, failure: JobResult) -> JobResult:
+    """A job whose source failed to build a moment ago, for a job of the same source: its verdict."""
+    return JobResult(
+        index=index,
+        id=job.id,
+        status=failure.status,
+        compile=failure.compile,
+        message=f"{failure.message or 'the program did not compile'} (the same source's compile, shared)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,13 @@ class Metrics:
             "execbox_output_truncations", "Executions whose output the caps cut.", ["kind"], registry=r
         )
         self.batch_jobs = Counter("execbox_batch_jobs", "Batch jobs by status.", ["status"], registry=r)
+        self.compile_cache = Counter(
+            "execbox_compile_cache",
+            "Compiled jobs by where their build came from: hit (the cache), shared (another job's build "
+            "or failure of the same source, waited for), miss (compiled).",
+            ["result"],
+            registry=r,
+        )
         self.queue_timeouts = Counter(
             "execbox_queue_timeouts",
             "Requests answered 504 because no worker or kernel could be had within their own budget, by route.",

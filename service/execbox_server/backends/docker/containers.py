@@ -69,7 +69,9 @@ def container_args(
         "cpu_quota": int(spec.cpus * 100_000),
         # Spares start at a low CPU weight: starting one costs ~1 s of CPU, which must not be
         # taken from sessions that are running code. Raised when the kernel is leased.
-        "cpu_shares": SPARE_CPU_SHARES,
+        # A batch worker starts because a job waits for it and serves jobs from then on: it
+        # runs at the full weight, or a busy host starves its jobs past their deadlines.
+        "cpu_shares": ACTIVE_CPU_SHARES if role == "worker" else SPARE_CPU_SHARES,
         "ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
         "ipc_mode": "private",
         # Its own cgroup namespace: the sandbox sees "/" instead of the engine's paths.
