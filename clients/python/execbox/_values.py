@@ -369,7 +369,9 @@ def _equal(enc: Any, exp: Any, depth: int = 0) -> bool:
 
 def _same_set(items: Iterable[Any], exp: Iterable[Any], depth: int) -> bool:
     """set(items) == set(exp), with only ``exp``'s (trusted) values hashed into a table."""
-    index = {value: i for i, value in enumerate(exp)}
+    index: dict[Any, int] = {}
+    for value in exp:  # the distinct values, numbered: a duplicate is one element of the set
+        index.setdefault(value, len(index))
     hit = bytearray(len(index))
     try:
         for item in items:

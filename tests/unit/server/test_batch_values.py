@@ -241,3 +241,11 @@ def check(candidate):
 def test_what_is_not_a_plain_call_with_literals_is_refused_with_the_statement(script: str) -> None:
     with pytest.raises(ValueError):
         assertions_to_cases(script, entry_point="f")
+
+
+def test_set_equal_counts_a_duplicate_in_the_expected_list_once() -> None:
+    # Mbpp/7 (set_equal oracle): the canonical output repeats a word; the same list must pass.
+    words = ["a", "long", "b", "long"]
+    assert judge(words, words, oracle="set_equal") is True
+    assert judge(["long", "b", "a"], words, oracle="set_equal") is True
+    assert judge(["a", "b"], words, oracle="set_equal") is False
