@@ -2,7 +2,7 @@
 # Prepare offline build contexts under .build/ for docker-compose:
 #   .build/sandbox  the sandbox image (Dockerfile, kernel and fork server, wheels)
 #   .build/service  the service image (Dockerfile, the project's wheel and its dependencies' wheels)
-# and make sure the offline base image exists when no registry answers (as sandbox_images/python/build.sh).
+# and make sure the offline base image exists (as sandbox_images/python/build.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${EXECBOX_CACHE_DIR:-/var/cache/execbox}
@@ -36,14 +36,10 @@ print("\n".join(project["dependencies"] + project["optional-dependencies"]["serv
 PY
 pipdl -d "$root/.build/service/wheels" -r "$root/.build/service/requirements.txt"
 
-# The base: python:3.11-slim where a registry answers, else the offline Debian root.
+# The base: the offline Debian root build.sh makes and names (python3.11, g++), unless one is given.
 if [ -z "${EXECBOX_BASE_IMAGE:-}" ]; then
-  if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 30 docker pull -q python:3.11-slim >/dev/null 2>&1; then
-    base=python:3.11-slim
-  else
-    EXECBOX_IMAGE=${EXECBOX_IMAGE:-execbox-sandbox-python:latest} "$root/sandbox_images/python/build.sh" >&2
-    base=execbox-base-bookworm:latest
-  fi
+  EXECBOX_IMAGE=${EXECBOX_IMAGE:-execbox-sandbox-python:latest} "$root/sandbox_images/python/build.sh" >&2
+  base=$("$root/sandbox_images/python/build.sh" --base-image)
 else
   base=$EXECBOX_BASE_IMAGE
 fi

@@ -6,6 +6,7 @@
 #   EXECBOX_BASE_IMAGE=name:tag ...           # another base (python3.11 + venv + g++)
 #   build.sh --context DIR                    # only prepare a build context in DIR (compose)
 #   build.sh --inputs-hash                    # print the hash the image is labelled with
+#   build.sh --base-image                     # print the offline base image's tag
 #
 # Base image: an offline Debian bookworm rootfs made with debootstrap from the Debian mirror and
 # `docker import`ed (built once and kept): python3.11 and the C++ toolchain (g++ 12, libssl-dev)
@@ -52,6 +53,7 @@ log() { printf '[images] %s\n' "$*" >&2; }
 # Inputs that define the image; the image carries their hash as a label.
 inputs_hash=$(cd "$here" && cat Dockerfile requirements.txt ./*.lock ./*.py "$protocol" "$values" 2>/dev/null | sha256sum | cut -c1-16)
 if [ "${1:-}" = --inputs-hash ]; then echo "$inputs_hash"; exit 0; fi
+if [ "${1:-}" = --base-image ]; then echo "$offline_base"; exit 0; fi
 
 choose_base() {
   local want=${EXECBOX_BASE_IMAGE:-offline}
