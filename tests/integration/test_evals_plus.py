@@ -53,9 +53,12 @@ CANONICAL = {
 # Plausible but wrong: each passes its task's base inputs and fails an extra input, in the three
 # ways the report tells apart.
 PLUS_ONLY_BUGS = {
-    "HumanEval/13": (  # timeout: subtraction is fine for small numbers, 13.7M steps for (987654321, 123456789)
+    "HumanEval/13": (  # timeout: never returns for numbers over 1e8, the first of them is plus input 102
+        # (987654321, 123456789). A hang, not a slow loop: which input first outlasts its limit must
+        # not depend on how busy the machine is, or execbox and EvalPlus name different inputs.
         "def greatest_common_divisor(a: int, b: int) -> int:\n"
-        "    while a != b:\n        if a > b:\n            a -= b\n        else:\n            b -= a\n    return a\n"
+        "    while max(a, b) > 10**8:\n        pass\n"
+        "    while b:\n        a, b = b, a % b\n    return a\n"
     ),
     "HumanEval/35": (  # wrong for all-negative lists
         "def max_element(l: list):\n    m = 0\n    for x in l:\n        if x > m:\n            m = x\n    return m\n"
