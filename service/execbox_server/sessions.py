@@ -245,16 +245,11 @@ class SessionManager:
         try:
             timeout = execution_timeout(self._settings, request.timeout_s, session.limits.timeout_s)
             session.touch()
-            if session.kernel is None:
-                try:
-                    session.kernel = await self._lease(session.limits)
-                except ServiceError as exc:
-                    exc.message += _session_state(session)
-                    raise
+            kernel = await self._ensure_kernel(session)
             session.interrupt = asyncio.Event()
             try:
                 outcome = await self._executor.run(
-                    session.kernel,
+                    kernel,
                     request.code,
                     self._exec_limits(timeout, session.limits.max_output_bytes),
                     on_event=on_event,
@@ -313,13 +308,7 @@ class SessionManager:
         """
         try:
             session.touch()
-            if session.kernel is None:
-                try:
-                    session.kernel = await self._lease(session.limits)
-                except ServiceError as exc:
-                    exc.message += _session_state(session)
-                    raise
-            conn = session.kernel.conn
+            conn = (await self._ensure_kernel(session)).conn
             msg_id = conn.request(msg_type, content)
             deadline = time.monotonic() + timeout
             while (remaining := deadline - time.monotonic()) > 0:
@@ -424,6 +413,20 @@ class SessionManager:
         if not outcome.kernel_usable:
             self._metrics.kernel_replacements.labels(ex.status.value).inc()
             log.info("kernel replaced", extra={"fields": {"session": session_id, "cause": ex.status.value}})
+
+    async def _ensure_kernel(self, session: SessionEntry) -> Any:
+        """The session's kernel, leased now if it has none (its last one was lost).
+
+        Raises:
+            PoolExhausted / EngineUnavailable: none could be had; the message says the session's state.
+        """
+        if session.kernel is None:
+            try:
+                session.kernel = await self._lease(session.limits)
+            except ServiceError as exc:
+                exc.message += _session_state(session)
+                raise
+        return session.kernel
 
     async def _lease(self, limits: SessionLimits) -> Any:
         started = time.monotonic()
