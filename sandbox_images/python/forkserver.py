@@ -830,6 +830,19 @@ def _preimport() -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def _fork_when_pids_free(patience_s: float = 3.0) -> int:
+    """fork(), waiting out a full pids limit: a fork bomb's processes, SIGKILLed with their group,
+    are still being reaped when the cleaner that must sweep the rest is asked for."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return os.fork()
+        except BlockingIOError:  # EAGAIN: the container's pids limit
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _zygote(ctl: socket.socket) -> NoReturn:
     """Import the libraries, then fork jobs and cleaners on request. Never holds job data."""
     _preimport()
@@ -857,7 +870,7 @@ def _zygote(ctl: socket.socket) -> NoReturn:
         expected = {_ZYGOTE_JOB: 5, _ZYGOTE_CLEAN: 0, _ZYGOTE_FETCH: 2}.get(msg)
         if expected is None or len(fds) != expected:
             os._exit(1)  # the server broke the protocol: nothing here can be trusted
-        pid = os.fork()
+        pid = _fork_when_pids_free()
         if pid == 0:
             if msg == _ZYGOTE_JOB:
                 _job_child(ctl, fds, env)
