@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from execbox._compat import StrEnum
 
-__all__ = ["ErrorCode"]
+__all__ = ["ErrorCode", "ErrorReason"]
 
 
 class ErrorCode(StrEnum):
@@ -43,3 +43,14 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"  # 503
     INTERNAL_ERROR = "internal_error"  # 500
     HTTP_ERROR = "http_error"  # any other HTTP status without a code of its own
+
+
+class ErrorReason(StrEnum):
+    """Why an error happened, where its code alone does not say (``ErrorBody.reason``).
+
+    Sent with ``session_not_found`` when several instances serve behind one proxy: the session's
+    id names a node (``s_<hex>.<node>``), and the request reached another one or none.
+    """
+
+    WRONG_NODE = "wrong_node"  # an instance was asked for a session of another node
+    NODE_UNAVAILABLE = "node_unavailable"  # the proxy has no healthy instance for the session's node

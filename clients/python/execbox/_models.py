@@ -36,6 +36,10 @@ __all__ = [
     "ExecutionEvent",
     "ExecutionStatus",
     "FileInfo",
+    "Info",
+    "InfoCapacity",
+    "InfoImage",
+    "InfoLoad",
     "JobResult",
     "JobStatus",
     "Language",
@@ -615,6 +619,51 @@ class FileInfo(_Model):
 class ErrorBody(_Model):
     code: str
     message: str
+    # Sent only when there is one (an ``execbox._codes.ErrorReason`` value); a str, not the enum,
+    # so that an older client still parses a reason added later.
+    reason: str | None = None
+
+
+class InfoImage(_Model):
+    name: str = Field(description="The sandbox image as configured (EXECBOX_IMAGE).")
+    id: str | None = Field(None, description="The engine's image id, read at start-up; null if it could not say.")
+    digest: str | None = Field(None, description="The image's first repository digest; null for a local build.")
+
+
+class InfoCapacity(_Model):
+    max_sessions: int = Field(description="Most sessions held at once (EXECBOX_MAX_SESSIONS).")
+    max_kernels: int = Field(description="Most kernels alive at once: sessions and one-shots (EXECBOX_MAX_TOTAL).")
+    min_ready: int = Field(description="Warm kernels kept ready (EXECBOX_MIN_READY).")
+    batch_workers: int = Field(description="Most batch workers alive at once (EXECBOX_BATCH_WORKERS).")
+    batch_lanes: int = Field(description="Most workers one batch request uses at once.")
+    batch_max_jobs: int = Field(description="Most jobs in one batch request.")
+    max_batch_body_bytes: int
+    max_code_bytes: int
+    cpus: int = Field(description="CPUs of the machine the service runs on.")
+
+
+class InfoLoad(_Model):
+    sessions: int
+    sessions_busy: int = Field(description="Sessions running an execution now.")
+    kernels_ready: int
+    kernels_starting: int
+    kernels_leased: int = Field(description="Kernels held by sessions and running one-shot executions.")
+    kernel_waiters: int = Field(description="Requests waiting for a kernel.")
+    batch_workers_alive: int
+    batch_workers_busy: int
+    load_average_1m: float = Field(description="The machine's 1-minute load average.")
+
+
+class Info(_Model):
+    """``GET /v1/info``: what a proxy, an autoscaler or a multi-node client needs to know of one instance."""
+
+    node: str | None = Field(description="EXECBOX_NODE_NAME: the node named in this instance's session ids.")
+    instance_id: str = Field(description="This process's id on the engine (changes at each start).")
+    version: str
+    accepting: bool = Field(description="Serving new work: the pool is warm and the service not shutting down.")
+    image: InfoImage
+    capacity: InfoCapacity
+    load: InfoLoad
 
 
 class ErrorEnvelope(_Model):
