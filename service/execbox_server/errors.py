@@ -1,7 +1,7 @@
 """Service errors and the one JSON envelope they travel in.
 
-    ServiceError                      {"error": {"code", "message"}}
-    ├── SessionNotFound               404 session_not_found
+    ServiceError                      {"error": {"code", "message", "reason"?}}
+    ├── SessionNotFound               404 session_not_found (reason wrong_node: the id names another node)
     ├── SessionBusy                   409 session_busy
     ├── SessionLimitReached           429 too_many_sessions
     ├── QuotaExceeded                 429 quota_exceeded (Retry-After): one API key's share is used up
@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from execbox._codes import ErrorCode
+from execbox._codes import ErrorCode, ErrorReason
 from execbox._models import ErrorBody, ErrorEnvelope
 
 __all__ = [
@@ -68,10 +68,11 @@ class ServiceError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, reason: ErrorReason | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.reason = reason
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -80,7 +81,7 @@ class ServiceError(Exception):
 
     def response(self) -> JSONResponse:
         """This error as the service answers it: its status, the envelope, Retry-After if any."""
-        return error_response(self.status_code, self.code, self.message, self.headers())
+        return error_response(self.status_code, self.code, self.message, self.headers(), reason=self.reason)
 
 
 class SessionNotFound(ServiceError):
@@ -201,10 +202,16 @@ def file_error(code: ErrorCode, message: str) -> ServiceError:
 
 
 def error_response(
-    status_code: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+    status_code: int,
+    code: ErrorCode,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    reason: ErrorReason | None = None,
 ) -> JSONResponse:
-    body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+    body = ErrorEnvelope(error=ErrorBody(code=code, message=message, reason=reason))
+    # ``reason`` only when there is one: the envelope of every other error is unchanged.
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
 
 
 # Errors raised by the framework itself (no route, wrong method, unreadable body).

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from execbox._codes import ErrorReason
 from execbox._models import (
     ExecuteRequest,
     Execution,
@@ -40,7 +41,7 @@ from execbox_server.observability import Metrics
 from execbox_server.pool import KernelPool
 from execbox_server.settings import Settings
 
-__all__ = ["SessionEntry", "SessionManager"]
+__all__ = ["SessionEntry", "SessionIds", "SessionManager"]
 
 log = logging.getLogger("execbox.sessions")
 
@@ -107,6 +108,41 @@ class SessionEntry:
         )
 
 
+class SessionIds:
+    """The session ids of one instance: ``s_<24 hex>``, or ``s_<24 hex>.<node>`` with a node name.
+
+    The node part lets a proxy send every request for a session to the instance that holds it,
+    from the path alone. An id without a node part is taken as this instance's (its random part
+    is unique on its own): the Kernel Gateway's UUID-shaped kernel ids carry none.
+    """
+
+    def __init__(self, node: str | None) -> None:
+        self.node = node
+
+    def new(self) -> str:
+        token = "s_" + secrets.token_hex(12)
+        return f"{token}.{self.node}" if self.node else token
+
+    def local(self, session_id: str) -> str:
+        """``session_id`` as this instance's registry writes it.
+
+        Raises:
+            SessionNotFound: the id names another node (reason ``wrong_node``): it is never looked up
+                here, so a misrouted request can never reach, or create, another session.
+        """
+        token, dot, node = session_id.partition(".")
+        if not dot:
+            return f"{token}.{self.node}" if self.node else token
+        if node != self.node:
+            here = f"this node ({self.node!r})" if self.node else "this instance (which has no node name)"
+            raise SessionNotFound(
+                f"session {session_id!r} lives on node {node!r}, not on {here}: send its requests to that node "
+                "(the proxy routes them by the id)",
+                reason=ErrorReason.WRONG_NODE,
+            )
+        return session_id
+
+
 def _session_state(session: SessionEntry) -> str:
     """What a failed request did to the session, appended to its error message."""
     if session.lost_reason is not None:
@@ -133,6 +169,7 @@ class SessionManager:
         self._executor = executor
         self._backend = backend
         self._sessions: dict[str, SessionEntry] = {}
+        self.ids = SessionIds(settings.node_name)
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -176,13 +213,13 @@ class SessionManager:
                 retry_after=5,
             )
         kernel = await self._lease(limits)
-        session = SessionEntry(id="s_" + secrets.token_hex(12), owner=owner, limits=limits, kernel=kernel)
+        session = SessionEntry(id=self.ids.new(), owner=owner, limits=limits, kernel=kernel)
         self._sessions[session.id] = session
         log.info("session created id=%s kernel=%s", session.id, getattr(kernel, "id", "?"))
         return session.info(self._settings.session_ttl_s, self._settings.session_max_lifetime_s)
 
     def get(self, owner: str | None, session_id: str) -> SessionEntry:
-        session = self._sessions.get(session_id)
+        session = self._sessions.get(self.ids.local(session_id))
         if session is None or session.owner != owner:
             # Another key's session is indistinguishable from one that does not exist.
             raise SessionNotFound(f"no session {session_id!r}; it may have expired or been deleted")

@@ -7,6 +7,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -14,6 +15,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+# A DNS label (RFC 1123): pod and host names fit, and it contains no dot, so a session id
+# ``s_<hex>.<node>`` splits at its first dot.
+NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # AF_UNIX socket paths are limited to 107 bytes; the kernel's socket names add "/k-N".
 MAX_STATE_DIR_LEN = 60
@@ -30,10 +35,21 @@ class Settings(BaseSettings):
         description="Comma-separated bearer keys; when set, every /v1 call must carry one.",
     )
 
+    node_name: str | None = Field(
+        None,
+        description="This instance's name among several behind one proxy (a DNS label, e.g. the Kubernetes node "
+        "name): session ids carry it (s_<hex>.<node>) and every response says it (X-Execbox-Node). Unset: one node.",
+    )
+
     # --- sandbox
     image: str = Field("execbox-sandbox-python:latest", description="Sandbox image.")
     docker_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket.")
     state_dir: Path = Field(Path("/run/execbox"), description="Where per-kernel IPC socket dirs live.")
+    cgroup_root: Path = Field(
+        Path("/sys/fs/cgroup"),
+        description="Where the engine host's cgroup filesystem is visible, for per-execution CPU time and peak "
+        "memory; a service in a container mounts the host's /sys/fs/cgroup and points this at it.",
+    )
     memory_mb: int = Field(512, ge=64, description="Default memory limit of a sandbox (memory = memory+swap).")
     max_memory_mb: int = Field(4096, ge=64, description="Largest memory limit a session may ask for.")
     cpus: float = Field(1.0, gt=0, description="Default CPU quota of a sandbox, in cores.")
@@ -167,6 +183,18 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Sessions are deleted this long after creation, however busy."
     )
     max_sessions: int = Field(64, ge=1)
+
+    @field_validator("node_name", mode="before")
+    @classmethod
+    def _check_node_name(cls, value: Any) -> Any:
+        if value == "":
+            return None  # an empty variable (e.g. a compose default) means unset
+        if isinstance(value, str) and not NODE_NAME.fullmatch(value):
+            raise ValueError(
+                f"EXECBOX_NODE_NAME {value!r} is not a DNS label: lower-case letters, digits and '-', "
+                "at most 63, starting and ending with a letter or digit"
+            )
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -44,7 +44,9 @@ KERNEL_NAME = "python3"
 # The Kernel Gateway release whose REST and websocket API this follows.
 GATEWAY_API_VERSION = "3.0.1"
 
-_SESSION_ID = re.compile(r"s_([0-9a-f]{24})")
+# Issue 15 (SVC): a session id may end in ".<node>"; the kernel id keeps only the random part
+# (UUID-shaped) and the session registry takes an id without a node as its own.
+_SESSION_ID = re.compile(r"s_([0-9a-f]{24})(?:\.[a-z0-9-]+)?")
 _KERNEL_ID = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})00000000")
 
 
@@ -194,6 +196,8 @@ async def start_kernel(
     model = _model(services.sessions.get(owner, info.id), _hub(request))
     response = model_response(model, status.HTTP_201_CREATED)
     response.headers["Location"] = f"{GATEWAY_PREFIX}/kernels/{model.id}"
+    # Issue 15 (SVC): a proxy learns which node holds this kernel from this header and X-Execbox-Node.
+    response.headers["X-Execbox-Kernel"] = model.id
     return response
 
 
