@@ -15,7 +15,8 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from execbox_server.api import batch, execute, files, gateway, health, sandboxfusion, sessions
+from execbox._models import InfoImage
+from execbox_server.api import batch, execute, files, gateway, health, info, sandboxfusion, sessions
 from execbox_server.api.deps import Services, authenticate
 from execbox_server.api.openapi import install_openapi, operation_id
 from execbox_server.backends.base import SandboxSpec, ServiceBackend
@@ -64,6 +65,12 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
             metrics=metrics,
             quotas=Quotas(QuotaLimits.from_settings(settings), sessions_held=lambda owner: len(manager.list(owner))),
         )
+        engine = sandbox_backend.engine if isinstance(sandbox_backend, DockerBackend) else None
+        app.state.image = InfoImage(
+            name=settings.image,
+            id=engine.image_id if engine else None,
+            digest=engine.image_digest if engine else None,
+        )
         metrics.observe_gauges(lambda: _live_metrics(app.state.services))
         pool.start()
         manager.start()
@@ -73,7 +80,12 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
                 "no EXECBOX_API_KEYS set: authentication is off, listening on loopback only (%s)",
                 settings.host,
             )
-        log.info("execbox instance %s serving image %s", sandbox_backend.instance_id, settings.image)
+        log.info(
+            "execbox instance %s (node %s) serving image %s",
+            sandbox_backend.instance_id,
+            settings.node_name or "-",
+            settings.image,
+        )
         try:
             yield
         finally:
@@ -91,6 +103,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
     install_openapi(app)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(info.router)
     app.include_router(sessions.router)
     app.include_router(execute.router)
     app.include_router(batch.router)
@@ -109,6 +122,9 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
     )
     app.add_middleware(KeyCheck, keys=settings.api_keys)
     app.add_middleware(RequestLog, metrics=metrics)
+    if settings.node_name:
+        # Outermost: every answer says its node, the middlewares' own refusals (401, 413) too.
+        app.add_middleware(NodeHeader, node=settings.node_name)
     return app
 
 
@@ -184,7 +200,30 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 
 def _is_api_path(path: str) -> bool:
+    if path == info.INFO_PATH:
+        return False  # open like /readyz: a proxy's health check has no key
     return path == "/v1" or path.startswith("/v1/") or path in sandboxfusion.SANDBOXFUSION_PATHS
+
+
+class NodeHeader:
+    """Add ``X-Execbox-Node: <node>`` to every HTTP response, so a proxy or client that sent a
+    request to a pool of instances learns which one answered (and holds the session it made)."""
+
+    def __init__(self, app: ASGIApp, *, node: str) -> None:
+        self.app = app
+        self.header = (b"x-execbox-node", node.encode("ascii"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_node(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_node)
 
 
 class BodySizeLimit:

@@ -235,6 +235,11 @@ class SessionManager:
     def count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def busy_count(self) -> int:
+        """Sessions running an execution now (for GET /v1/info)."""
+        return sum(1 for s in self._sessions.values() if s.busy)
+
     async def delete(self, owner: str | None, session_id: str) -> None:
         session = self.get(owner, session_id)
         self._sessions.pop(session.id, None)

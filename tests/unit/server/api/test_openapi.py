@@ -63,7 +63,7 @@ def test_every_api_route_declares_401_and_500_and_every_body_route_422_and_413(d
     for method, path, op in operations(doc):
         responses = op["responses"]
         assert "500" in responses, (method, path)
-        if path.startswith("/v1"):
+        if path.startswith("/v1") and path != "/v1/info":  # /v1/info is open, like /readyz
             assert "401" in responses, (method, path)
         if "requestBody" in op:
             assert {"413", "422"} <= set(responses), (method, path)
@@ -121,3 +121,11 @@ def test_every_reference_in_the_document_resolves(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     for ref in refs(doc):
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[-1] in schemas, ref
+
+
+def test_info_is_documented_with_its_model_and_errors_with_their_reason(doc: dict[str, Any]) -> None:
+    info = doc["paths"]["/v1/info"]["get"]
+    assert info["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Info"}
+    assert "401" not in info["responses"]
+    assert {"node", "version", "image", "capacity", "load"} <= set(doc["components"]["schemas"]["Info"]["properties"])
+    assert "reason" in doc["components"]["schemas"]["ErrorBody"]["properties"]
