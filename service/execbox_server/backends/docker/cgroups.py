@@ -1,4 +1,11 @@
-"""CPU time and peak memory of a container, read from its cgroup (v1 or v2) with no engine call."""
+"""CPU time and peak memory of a container, read from its cgroup (v1 or v2) with no engine call.
+
+The files are found under ``EXECBOX_CGROUP_ROOT``: ``/sys/fs/cgroup`` for a service on the host.
+A service in a container sees only its own cgroup there, so it mounts the host's
+``/sys/fs/cgroup`` elsewhere and points the setting at it (docker-compose.yml does). Mounted
+read-only, the peak cannot be reset before each execution: ``peak_memory_bytes`` is then the
+sandbox's peak since it started (never lower than the execution's own).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,6 @@ from execbox_server.backends.base import Usage
 
 __all__ = ["CgroupFiles"]
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
 
 class CgroupFiles:
     """A container's accounting files, opened once and read with pread.
@@ -21,8 +26,9 @@ class CgroupFiles:
     read as None.
     """
 
-    def __init__(self, container_id: str) -> None:
+    def __init__(self, container_id: str, *, root: Path) -> None:
         self._container_id = container_id
+        self._root = root
         self._fds: dict[str, int] | None = None
 
     def usage(self) -> Usage:
@@ -50,25 +56,34 @@ class CgroupFiles:
 
     def _open(self) -> dict[str, int]:
         if self._fds is None:
-            cid = self._container_id
+            cid, root = self._container_id, self._root
             found = {
-                "cpuacct.usage": (_cgroup_file(cid, "cpuacct", "cpuacct.usage"), os.O_RDONLY),
-                "cpu.stat": (_cgroup_file(cid, "", "cpu.stat"), os.O_RDONLY),
-                "memory.max_usage_in_bytes": (_cgroup_file(cid, "memory", "memory.max_usage_in_bytes"), os.O_RDWR),
-                "memory.peak": (_cgroup_file(cid, "", "memory.peak"), os.O_RDWR),
+                "cpuacct.usage": (_cgroup_file(root, cid, "cpuacct", "cpuacct.usage"), os.O_RDONLY),
+                "cpu.stat": (_cgroup_file(root, cid, "", "cpu.stat"), os.O_RDONLY),
+                "memory.max_usage_in_bytes": (
+                    _cgroup_file(root, cid, "memory", "memory.max_usage_in_bytes"),
+                    os.O_RDWR,
+                ),
+                "memory.peak": (_cgroup_file(root, cid, "", "memory.peak"), os.O_RDWR),
             }
             self._fds = {}
             for name, (path, mode) in found.items():
-                if path is not None:
-                    with contextlib.suppress(OSError):
-                        self._fds[name] = os.open(path, mode | os.O_CLOEXEC)
+                if path is None:
+                    continue
+                # A read-only mount refuses O_RDWR: read the peak without resetting it then.
+                for attempt in dict.fromkeys((mode, os.O_RDONLY)):
+                    try:
+                        self._fds[name] = os.open(path, attempt | os.O_CLOEXEC)
+                    except OSError:
+                        continue
+                    break
         return self._fds
 
 
-def _cgroup_file(container_id: str, controller: str, name: str) -> Path | None:
+def _cgroup_file(root: Path, container_id: str, controller: str, name: str) -> Path | None:
     candidates = [
-        CGROUP_ROOT / controller / "docker" / container_id / name,
-        CGROUP_ROOT / controller / "system.slice" / f"docker-{container_id}.scope" / name,
+        root / controller / "docker" / container_id / name,  # the cgroupfs driver
+        root / controller / "system.slice" / f"docker-{container_id}.scope" / name,  # the systemd driver
     ]
     for path in candidates:
         if path.exists():

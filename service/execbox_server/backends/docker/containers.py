@@ -15,7 +15,15 @@ from typing import Any
 
 import docker.types
 from execbox_server.backends.base import SandboxSpec
-from execbox_server.backends.docker.engine import LABEL_INSTANCE, LABEL_KERNEL, LABEL_MANAGED, LABEL_ROLE
+from execbox_server.backends.docker.engine import (
+    LABEL_INSTANCE,
+    LABEL_KERNEL,
+    LABEL_LOCK,
+    LABEL_MANAGED,
+    LABEL_NODE,
+    LABEL_ROLE,
+    lock_path,
+)
 from execbox_server.settings import Settings
 
 __all__ = ["ACTIVE_CPU_SHARES", "SANDBOX_UID", "SPARE_CPU_SHARES", "container_args", "sandbox_message_cap"]
@@ -92,6 +100,10 @@ def container_args(
             LABEL_INSTANCE: instance_id,
             LABEL_KERNEL: sandbox_id,
             LABEL_ROLE: role,
+            # Whoever finds this container on the engine (another instance, with another state
+            # dir) can tell whether its owner lives: by this lock (see Engine.reap_orphans).
+            LABEL_LOCK: str(lock_path(s.state_dir, instance_id)),
+            **({LABEL_NODE: s.node_name} if s.node_name else {}),
         },
         # The kernel's own stdout is never read, and code can write to it through
         # /proc/1/fd/1: no log driver, so a flood costs the engine no JSON encoding.

@@ -5,10 +5,16 @@ kill, signal, update, remove; ``lifecycle``: create, list, connect; ``exec``: he
 sandbox) under a deadline, so a slow file copy never delays a kill and a hung call never
 holds the service: it raises EngineUnavailable and its thread is abandoned.
 
-Ownership: containers carry ``execbox.instance=<id>``; the instance holds an flock on
-``<state_dir>/instances/<id>.lock`` for as long as it lives. At start-up, containers of an
-instance whose lock can be taken are orphans of a crashed process and are removed; a live
-neighbour's lock cannot be taken, so its containers are never touched.
+Ownership: the instance holds an flock on ``<state_dir>/instances/<id>.lock`` for as long as it
+lives, and its containers carry ``execbox.instance=<id>``, ``execbox.lock=<that lock's absolute
+path>`` and, with a node name, ``execbox.node=<node>``. Several instances may share one engine,
+each with its own state dir. At start-up an instance removes another instance's containers only
+when that instance is provably gone (see :meth:`Engine.reap_orphans`): its lock exists and can be
+taken, or, the lock file being missing, the containers are this very node's (an earlier
+incarnation of it) or no longer running. A container whose lock file is missing and that still
+runs for another node is left alone and logged: a missing file proves nothing (the lock may
+live in another mount namespace, or a live instance's state dir was wiped), and a leaked
+container costs less than a killed session.
 
 ``docker.errors`` never leave this package: they become ``EngineUnavailable``,
 ``SandboxStartFailed`` or ``SandboxGone``.
@@ -19,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -38,7 +46,18 @@ from execbox_server.backends.probe import EngineProbe
 from execbox_server.errors import EngineUnavailable
 from execbox_server.settings import Settings
 
-__all__ = ["LABEL_INSTANCE", "LABEL_KERNEL", "LABEL_MANAGED", "LABEL_ROLE", "Engine", "Purpose"]
+__all__ = [
+    "LABEL_INSTANCE",
+    "LABEL_KERNEL",
+    "LABEL_LOCK",
+    "LABEL_MANAGED",
+    "LABEL_NODE",
+    "LABEL_ROLE",
+    "Engine",
+    "NodeNameInUse",
+    "Purpose",
+    "lock_path",
+]
 
 log = logging.getLogger("execbox.backend")
 
@@ -46,6 +65,8 @@ LABEL_MANAGED = "execbox.managed"
 LABEL_INSTANCE = "execbox.instance"
 LABEL_KERNEL = "execbox.kernel"
 LABEL_ROLE = "execbox.role"
+LABEL_LOCK = "execbox.lock"  # absolute path of the owning instance's lock file
+LABEL_NODE = "execbox.node"  # the owning instance's node name, when it has one
 
 Purpose = Literal["control", "lifecycle", "exec"]
 CONTROL_TIMEOUT_S = 20.0  # inspect, kill, signal, update, remove
@@ -58,12 +79,31 @@ _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeo
 T = TypeVar("T")
 
 
+def lock_path(state_dir: Path, instance_id: str) -> Path:
+    """Where instance ``instance_id`` holds its lock: absolute, as containers are labelled with it."""
+    return state_dir.absolute() / "instances" / f"{instance_id}.lock"
+
+
+class NodeNameInUse(RuntimeError):
+    """A live instance on this engine already serves this node name (ids would be ambiguous)."""
+
+
+class LockState(enum.Enum):
+    HELD = "held"  # its instance lives
+    FREE = "free"  # its instance is dead: the flock died with the process
+    MISSING = "missing"  # proves nothing
+
+
 class Engine:
     def __init__(self, settings: Settings, *, instance_id: str | None = None) -> None:
         self.settings = settings
         self.instance_id = instance_id or secrets.token_hex(6)
         # Per-kernel IPC directories of this instance live here.
         self.kernels_dir = settings.state_dir / self.instance_id
+        self.lock_path = lock_path(settings.state_dir, self.instance_id)
+        # The sandbox image as the engine knows it, read once at open() (for GET /v1/info).
+        self.image_id: str | None = None
+        self.image_digest: str | None = None
         self._client: docker.DockerClient | None = None
         self._lock_fd: int | None = None
         self._pools = {
@@ -103,9 +143,12 @@ class Engine:
         # The sandbox user must traverse to its own socket dir; the dirs below are 0700.
         settings.state_dir.chmod(0o711)
         self.kernels_dir.chmod(0o711)
-        fd = os.open(instances / f"{self.instance_id}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
+        # For whoever finds the lock (an operator, another instance's log): whose it is.
+        record = {"instance": self.instance_id, "node": settings.node_name, "pid": os.getpid()}
+        os.write(fd, json.dumps(record).encode() + b"\n")
         self._client = await self.call(
             "lifecycle",
             lambda: (
@@ -115,6 +158,7 @@ class Engine:
             ),
         )
         await self.ping()
+        await self._read_image()
         removed = await self.reap_orphans()
         if removed:
             log.info("removed %d orphaned sandbox container(s) of dead instances", removed)
@@ -127,7 +171,7 @@ class Engine:
         await asyncio.to_thread(shutil.rmtree, self.kernels_dir, ignore_errors=True)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.settings.state_dir / "instances" / f"{self.instance_id}.lock")
+                os.unlink(self.lock_path)
             os.close(self._lock_fd)
             self._lock_fd = None
         if self._client is not None:
@@ -150,34 +194,83 @@ class Engine:
     # ------------------------------------------------------------------ ownership
 
     async def reap_orphans(self) -> int:
-        """Remove containers of execbox instances that no longer hold their lock."""
-        containers = await self._list({"label": f"{LABEL_MANAGED}=1"})
-        dead: set[str] = set()
-        for container in containers:
-            owner = (container.get("Labels") or {}).get(LABEL_INSTANCE, "")
-            if owner and owner != self.instance_id and owner not in dead and self._instance_is_dead(owner):
-                dead.add(owner)
-        removed = 0
-        for owner in dead:
-            removed += await self.remove_where({LABEL_INSTANCE: owner})
-            await asyncio.to_thread(shutil.rmtree, self.settings.state_dir / owner, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                os.unlink(self.settings.state_dir / "instances" / f"{owner}.lock")
-        return removed
+        """Remove the containers of instances that are provably gone; return how many.
 
-    def _instance_is_dead(self, owner: str) -> bool:
-        path = self.settings.state_dir / "instances" / f"{owner}.lock"
+        Another instance's containers are removed when
+          1. its lock file exists and its flock can be taken (the process that held it died), or
+          2. its lock file is missing and the containers carry this instance's node name: an
+             earlier incarnation of this node whose state dir was wiped (a pod restarted
+             without a hostPath); a node name is unique among live instances, which
+             ``NodeNameInUse`` enforces wherever the lock is visible, or
+          3. its lock file is missing and the container no longer runs (exited, dead: a host
+             reboot that emptied /run leaves these): nothing live is lost.
+        Any other container is left alone and logged with the command that removes it.
+
+        Raises:
+            NodeNameInUse: a live instance serves this instance's node name.
+        """
+        containers = await self._list({"label": f"{LABEL_MANAGED}=1"})
+        doomed: list[str] = []
+        dead: dict[str, Path] = {}  # instance -> its lock, reaped: its files are removed too
+        kept: dict[str, int] = {}  # instance -> containers left alone
+        locks: dict[str, LockState] = {}
+        node = self.settings.node_name
+        for container in containers:
+            labels = container.get("Labels") or {}
+            owner = labels.get(LABEL_INSTANCE, "")
+            if not owner or owner == self.instance_id:
+                continue
+            # Containers of instances older than the lock label: their lock is where this
+            # instance would keep it (the rule before several state dirs were supported).
+            lock = Path(labels.get(LABEL_LOCK) or lock_path(self.settings.state_dir, owner))
+            if owner not in locks:
+                locks[owner] = await asyncio.to_thread(_lock_state, lock)
+            state = locks[owner]
+            mine = node is not None and labels.get(LABEL_NODE) == node
+            if state is LockState.HELD:
+                if mine:
+                    raise NodeNameInUse(
+                        f"node name {node!r} is served by live instance {owner} on this engine (lock {lock}): "
+                        "each instance needs its own EXECBOX_NODE_NAME"
+                    )
+                continue
+            if state is LockState.FREE:
+                dead[owner] = lock
+            elif not mine and container.get("State") in ("running", "paused", "restarting", "created"):
+                kept[owner] = kept.get(owner, 0) + 1
+                continue
+            doomed.append(str(container["Id"]))
+        for container_id in doomed:
+            with contextlib.suppress(SandboxGone, EngineUnavailable, docker.errors.APIError):
+                await self._remove_now(container_id)
+        for owner, lock in dead.items():
+            if owner in (".", "..") or "/" in owner:
+                continue  # a label is anyone's text: never a path that leaves the state dir
+            await asyncio.to_thread(shutil.rmtree, lock.parent.parent / owner, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+        for owner, count in kept.items():
+            log.warning(
+                "left %d running sandbox container(s) of instance %s alone: its lock file is not visible here, so "
+                "whether it lives cannot be told; if it is gone, remove them with "
+                "`docker rm -f $(docker ps -aq --filter label=%s=%s)`",
+                count,
+                owner,
+                LABEL_INSTANCE,
+                owner,
+            )
+        return len(doomed)
+
+    async def _read_image(self) -> None:
         try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
-        return True
+            image = await self.call("control", lambda: self.docker.api.inspect_image(self.settings.image))
+        except (SandboxGone, EngineUnavailable, docker.errors.APIError) as exc:
+            # Not fatal here: a missing image fails the first kernel start with a clear error.
+            log.warning("could not inspect the sandbox image %s: %s", self.settings.image, exc)
+            return
+        self.image_id = image.get("Id")
+        digests = image.get("RepoDigests") or []
+        self.image_digest = digests[0] if digests else None
 
     # ------------------------------------------------------------------ containers
 
@@ -268,3 +361,18 @@ class Engine:
             if isinstance(exc, docker.errors.APIError):
                 raise
             raise EngineUnavailable(f"the Docker engine is unavailable: {exc}", retry_after=5) from exc
+
+
+def _lock_state(path: Path) -> LockState:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return LockState.MISSING
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return LockState.HELD
+    finally:
+        # Closing drops the flock taken just now: the reaper only wanted to know.
+        os.close(fd)
+    return LockState.FREE

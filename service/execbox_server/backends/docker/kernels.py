@@ -99,7 +99,7 @@ class KernelSandboxes:
                 files=files,
                 conn=conn,
                 spec=spec,
-                cgroup=CgroupFiles(container_id),
+                cgroup=CgroupFiles(container_id, root=self._settings.cgroup_root),
                 pidfd=_open_init_pidfd(state.get("State", {}).get("Pid"), container_id),
             )
             await self._wait_ready(kernel)
