@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import enum
 import fcntl
 import json
@@ -71,6 +72,7 @@ LABEL_NODE = "execbox.node"  # the owning instance's node name, when it has one
 Purpose = Literal["control", "lifecycle", "exec"]
 CONTROL_TIMEOUT_S = 20.0  # inspect, kill, signal, update, remove
 LIFECYCLE_TIMEOUT_S = 90.0  # create+start of a container, listing, the client itself
+STOPPED_ORPHAN_AGE_S = 600.0  # a stopped container of an unknown owner is removed after this long
 REMOVAL_RETRY_S = 600.0  # how long a removal that met an engine outage keeps being retried
 _POOL_SIZES: dict[Purpose, int] = {"control": 8, "lifecycle": 4, "exec": 4}
 
@@ -202,8 +204,9 @@ class Engine:
              earlier incarnation of this node whose state dir was wiped (a pod restarted
              without a hostPath); a node name is unique among live instances, which
              ``NodeNameInUse`` enforces wherever the lock is visible, or
-          3. its lock file is missing and the container no longer runs (exited, dead: a host
-             reboot that emptied /run leaves these): nothing live is lost.
+          3. its lock file is missing and the container stopped over ``STOPPED_ORPHAN_AGE_S``
+             ago (a host reboot that emptied /run leaves these): nothing live is lost, and a live
+             owner deals with a container of its that stopped within seconds.
         Any other container is left alone and logged with the command that removes it.
 
         Raises:
@@ -236,7 +239,7 @@ class Engine:
                 continue
             if state is LockState.FREE:
                 dead[owner] = lock
-            elif not mine and container.get("State") in ("running", "paused", "restarting", "created"):
+            elif not mine and not await self._stopped_long_ago(container):
                 kept[owner] = kept.get(owner, 0) + 1
                 continue
             doomed.append(str(container["Id"]))
@@ -260,6 +263,16 @@ class Engine:
                 owner,
             )
         return len(doomed)
+
+    async def _stopped_long_ago(self, container: dict[str, Any]) -> bool:
+        if container.get("State") not in ("exited", "dead"):
+            return False
+        try:
+            state = await self.call("control", lambda: self.docker.api.inspect_container(container["Id"]))
+        except (SandboxGone, EngineUnavailable, docker.errors.APIError):
+            return False
+        finished = _parse_engine_time(str((state.get("State") or {}).get("FinishedAt", "")))
+        return finished is not None and time.time() - finished > STOPPED_ORPHAN_AGE_S
 
     async def _read_image(self) -> None:
         try:
@@ -376,3 +389,12 @@ def _lock_state(path: Path) -> LockState:
         # Closing drops the flock taken just now: the reaper only wanted to know.
         os.close(fd)
     return LockState.FREE
+
+
+def _parse_engine_time(value: str) -> float | None:
+    """Seconds since the epoch of an engine timestamp (RFC 3339, nanoseconds), or None."""
+    try:
+        stamp = datetime.datetime.fromisoformat(value[:19]).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return stamp.timestamp() if stamp.year > 1 else None  # year 1: never started or stopped

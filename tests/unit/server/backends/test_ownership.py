@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ class ScriptedEngine(Engine):
 
     async def _remove_now(self, container_id: str) -> None:
         self.removed.append(container_id)
+
+    async def call(self, purpose: Any, fn: Any, *, timeout: float | None = None) -> Any:
+        # The only engine call left: inspecting a stopped container for when it stopped.
+        return {"State": {"FinishedAt": self.finished_at}}
+
+    finished_at = "2020-01-01T00:00:00.123456789Z"
 
 
 def short_dir() -> Path:
@@ -118,15 +125,17 @@ async def test_a_running_container_whose_lock_is_missing_is_left_alone_and_logge
     assert "label=execbox.instance=gone00000000" in caplog.text
 
 
-async def test_a_stopped_container_whose_lock_is_missing_is_removed(dirs: tuple[Path, Path]) -> None:
+async def test_a_container_whose_lock_is_missing_is_removed_once_stopped_for_long(dirs: tuple[Path, Path]) -> None:
     mine, theirs = dirs
     lock = lock_path(theirs, "gone00000000")
-    engine = ScriptedEngine(
-        Settings(state_dir=mine),
-        [container("c1", "gone00000000", lock=lock, state="exited"), container("c2", "gone00000000", lock=lock)],
-    )
+    listing = [container("c1", "gone00000000", lock=lock, state="exited"), container("c2", "gone00000000", lock=lock)]
+    engine = ScriptedEngine(Settings(state_dir=mine), listing)
     assert await engine.reap_orphans() == 1
     assert engine.removed == ["c1"]
+    # Stopped a moment ago: its owner may be reading why (an OOM kill) before it removes it.
+    recent = ScriptedEngine(Settings(state_dir=mine), listing)
+    recent.finished_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    assert await recent.reap_orphans() == 0
 
 
 async def test_this_nodes_earlier_containers_are_removed_even_without_their_lock(dirs: tuple[Path, Path]) -> None:
