@@ -60,10 +60,14 @@ def _until(ws: websocket.WebSocket, msg_id: str, msg_type: str, state: str | Non
             return
 
 
-def acquire_to_first_result(url: str) -> float:
-    """POST /api/kernels -> first execute_reply of print(1); the kernel is deleted after."""
+def acquire_to_first_result(http: httpx.Client, url: str) -> float:
+    """POST /api/kernels -> first execute_reply of print(1); the kernel is deleted after.
+
+    ``http`` is a client kept open across kernels, as a real caller's is: a module-level
+    ``httpx.post`` builds a client (and its TLS context) per call, which costs more than
+    execbox's whole lease and would be measured as the server's time."""
     started = time.perf_counter()
-    r = httpx.post(url + "/api/kernels", json={"name": "python3"}, timeout=120)
+    r = http.post(url + "/api/kernels", json={"name": "python3"}, timeout=120)
     r.raise_for_status()
     kid = r.json()["id"]
     ws = websocket.create_connection(f"{url.replace('http', 'ws')}/api/kernels/{kid}/channels", timeout=120)
@@ -74,12 +78,12 @@ def acquire_to_first_result(url: str) -> float:
         elapsed = time.perf_counter() - started
     finally:
         ws.close()
-        httpx.delete(f"{url}/api/kernels/{kid}", timeout=60)
+        http.delete(f"{url}/api/kernels/{kid}", timeout=60)
     return elapsed
 
 
-def round_trips(url: str, trips: int) -> list[float]:
-    r = httpx.post(url + "/api/kernels", json={"name": "python3"}, timeout=120)
+def round_trips(http: httpx.Client, url: str, trips: int) -> list[float]:
+    r = http.post(url + "/api/kernels", json={"name": "python3"}, timeout=120)
     r.raise_for_status()
     kid = r.json()["id"]
     ws = websocket.create_connection(f"{url.replace('http', 'ws')}/api/kernels/{kid}/channels", timeout=120)
@@ -94,7 +98,7 @@ def round_trips(url: str, trips: int) -> list[float]:
                 times.append(time.perf_counter() - started)
     finally:
         ws.close()
-        httpx.delete(f"{url}/api/kernels/{kid}", timeout=60)
+        http.delete(f"{url}/api/kernels/{kid}", timeout=60)
     return times
 
 
@@ -151,16 +155,16 @@ def main() -> None:
     header("Kernel Gateway API: execbox (sandboxed, warm pool) vs jupyter_kernel_gateway (local ipykernel)")
     with tempfile.TemporaryDirectory() as tmp:
         results: dict[str, dict[str, list[float]]] = {}
-        with local_server(Path(tmp) / "execbox.log", min_ready="2", max_total="6") as srv:
+        with local_server(Path(tmp) / "execbox.log", min_ready="2", max_total="6") as srv, httpx.Client() as http:
             acquire = []
             for _ in range(args.kernels):
                 _wait_warm(srv.url, 1)  # a spare is ready, as in steady state
-                acquire.append(acquire_to_first_result(srv.url))
+                acquire.append(acquire_to_first_result(http, srv.url))
             _wait_warm(srv.url, 1)
-            results["execbox"] = {"acquire": acquire, "trip": round_trips(srv.url, args.trips)}
-        with kernel_gateway(Path(tmp) / "kg.log") as kg:
-            acquire = [acquire_to_first_result(kg) for _ in range(args.kernels)]
-            results["kernel_gateway"] = {"acquire": acquire, "trip": round_trips(kg, args.trips)}
+            results["execbox"] = {"acquire": acquire, "trip": round_trips(http, srv.url, args.trips)}
+        with kernel_gateway(Path(tmp) / "kg.log") as kg, httpx.Client() as http:
+            acquire = [acquire_to_first_result(http, kg) for _ in range(args.kernels)]
+            results["kernel_gateway"] = {"acquire": acquire, "trip": round_trips(http, kg, args.trips)}
 
     def p(name: str, key: str, q: float) -> float:
         return pct(results[name][key], q) * 1000
