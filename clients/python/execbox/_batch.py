@@ -38,6 +38,7 @@ __all__ = [
     "JobLike",
     "Jobs",
     "Reorder",
+    "callers_mistake",
     "map_jobs",
     "parse_job",
     "same",
@@ -132,6 +133,11 @@ class Chunk:
         return sum(len(job.line) for job in self.jobs) + len(self.jobs) + _BODY_OVERHEAD
 
     @property
+    def oldest_missing(self) -> int | None:
+        """The input index of its first job without a result yet (None when all arrived)."""
+        return next((job.index for job, arrived in zip(self.jobs, self.arrived, strict=True) if not arrived), None)
+
+    @property
     def longest_job_s(self) -> float:
         """The longest a job of this chunk may take (compile and run): bounds the wait between results."""
         return max(job.run_s for job in self.jobs)
@@ -209,16 +215,31 @@ class BatchRun:
         """How many inputs were taken from the caller's iterable so far."""
         return self._read
 
+    @property
+    def has_pending(self) -> bool:
+        """Jobs taken already wait to be sent (again): a refused chunk's, or a failed node's."""
+        return bool(self._pending)
+
+    @property
+    def concurrency(self) -> int | None:
+        return self._concurrency
+
+    @property
+    def max_chunk_jobs(self) -> int:
+        return self._limits.max_jobs
+
     # ------------------------------------------------------------------ what to send
 
-    def next_chunk(self) -> Chunk | None:
-        """The next request's jobs, within the current limits; None when every input was sent."""
+    def next_chunk(self, *, max_jobs: int | None = None, concurrency: int | None = None) -> Chunk | None:
+        """The next request's jobs, within the current limits (and ``max_jobs``); None when every
+        input was sent. ``concurrency`` replaces the batch's own for this request."""
         if self._stopped is not None:
             return None
         jobs: list[_Job] = []
         size = _BODY_OVERHEAD
         limits = self._limits
-        while len(jobs) < limits.max_jobs:
+        most = limits.max_jobs if max_jobs is None else max(1, min(max_jobs, limits.max_jobs))
+        while len(jobs) < most:
             job = self._take()
             if job is None:
                 break
@@ -234,7 +255,7 @@ class BatchRun:
                 break
             jobs.append(job)
             size += len(job.line) + 1
-        return Chunk(jobs, self._concurrency) if jobs else None
+        return Chunk(jobs, self._concurrency if concurrency is None else concurrency) if jobs else None
 
     def ready(self) -> list[JobResult]:
         """Results made without the server (jobs refused for their size); each handed out once."""
@@ -271,7 +292,7 @@ class BatchRun:
         if isinstance(error, RequestTooLargeError) and not chunk.started:
             yield from self._too_large(chunk, error)
             return
-        if isinstance(error, APIStatusError) and _callers_mistake(error):
+        if isinstance(error, APIStatusError) and callers_mistake(error):
             raise error
         self._stopped = error
         reason = _describe(error)
@@ -279,6 +300,13 @@ class BatchRun:
         stop = f"not sent: an earlier part of this batch failed ({type(error).__name__}: {error})"
         while (job := self._take()) is not None:
             yield service_error_result(job.index, job.id, stop)
+
+    def requeue(self, chunk: Chunk) -> None:
+        """Send the jobs of ``chunk`` without a result again, first, in a later chunk (its node
+        failed; the results that did arrive stay, and are never reported twice)."""
+        missing = [job for job, arrived in zip(chunk.jobs, chunk.arrived, strict=True) if not arrived]
+        chunk.arrived[:] = b"\x01" * len(chunk)
+        self._pending.extendleft(reversed(missing))
 
     def _too_large(self, chunk: Chunk, error: RequestTooLargeError) -> Iterator[JobResult]:
         learned = self._limits.learn(error.message, len(chunk), chunk.body_bytes)
@@ -332,7 +360,7 @@ def _run_s(job: BatchJob) -> float:
     return run
 
 
-def _callers_mistake(error: APIStatusError) -> bool:
+def callers_mistake(error: APIStatusError) -> bool:
     """A 4xx that no retry, split or later chunk can fix: the caller's request is wrong."""
     return 400 <= error.status_code < 500 and error.status_code not in (408, 413, 429)
 

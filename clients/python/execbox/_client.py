@@ -4,12 +4,19 @@ Each method names its request (:class:`~execbox._routes.Routes`) and hands it to
 ``_stream``, the only places that send, and ``_send``, the only place that sleeps. Everything
 else lives once in the I/O-free core (``_base``, ``_routes``, ``_streams``, ``_batch``);
 ``_async_client.py`` is this file with ``await``.
+
+With several URLs, a batch's chunks run on several nodes at once: one thread per chunk in
+flight streams it and hands its results to the caller's thread through a queue
+(:meth:`Client._spread`); the async twin uses tasks.
 """
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -18,8 +25,9 @@ import httpx
 from execbox._base import Call, ClientCore, StreamCall, translate
 from execbox._batch import BatchRun, InOrder, Jobs, Reorder, map_jobs, same, size_of
 from execbox._compat import Self
-from execbox._exceptions import APIStatusError, ExecboxError
+from execbox._exceptions import APIConnectionError, APIStatusError, APITimeoutError, ExecboxError, SessionNotFoundError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
+from execbox._nodes import ANY, Lane, Node, Spread, Target
 from execbox._progress import Bar, progress_bar
 from execbox._routes import Routes
 from execbox._streams import Callbacks, OnResult, OnText, missing_done
@@ -28,13 +36,19 @@ __all__ = ["Client", "Session", "Sessions"]
 
 T = TypeVar("T")
 E = TypeVar("E")
+# What a lane's thread hands the caller's thread: a result, its end (None), or its failure.
+LaneEvent = tuple[Lane, JobResult | BaseException | None]
 
 
 class Client:
     """A synchronous execbox client.
 
     Args:
-        base_url: the service URL; default ``$EXECBOX_URL`` or ``http://127.0.0.1:8000``.
+        base_url: the service URL, or a list of the URLs of several execbox instances (nodes);
+            default ``$EXECBOX_URL`` (commas separate several) or ``http://127.0.0.1:8000``.
+            With several, each session stays on the node that created it, one-shot runs and
+            new sessions go to the least-loaded healthy node, and ``map``/``batch`` spread their
+            chunks over the nodes (see :mod:`execbox._nodes`).
         api_key: bearer key; default ``$EXECBOX_API_KEY``.
         timeout: seconds for ordinary calls; execute calls wait for the execution's own
             timeout plus a margin for the server's timeout ladder.
@@ -44,7 +58,7 @@ class Client:
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         api_key: str | None = None,
         timeout: float | None = None,
@@ -59,7 +73,13 @@ class Client:
 
     @property
     def base_url(self) -> str:
+        """The service URL (with several, the first)."""
         return self._core.base_url
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every node's URL, as given."""
+        return [node.url for node in self._core.nodes.nodes]
 
     def close(self) -> None:
         self._closed = True
@@ -196,7 +216,11 @@ class Client:
         return ordered.finish(run.read)
 
     def _run_batch(self, run: BatchRun) -> Iterator[JobResult]:
-        """Drive ``run`` (see :class:`~execbox._batch.BatchRun`): one request per chunk, in turn."""
+        """Drive ``run`` (see :class:`~execbox._batch.BatchRun`): one request per chunk, in turn;
+        with several nodes, spread over them."""
+        if not self._core.nodes.single:
+            yield from self._spread(run)
+            return
         while (chunk := run.next_chunk()) is not None:
             yield from run.ready()
             try:
@@ -207,12 +231,65 @@ class Client:
                 yield from run.failed(chunk, exc)
         yield from run.ready()
 
-    def _call(self, call: Call[T]) -> T:
-        return call.parse(self._send(self._core.build(self._http, call)))
+    def _spread(self, run: BatchRun) -> Iterator[JobResult]:
+        """Drive ``run`` over several nodes (see :class:`~execbox._nodes.Spread`): a thread per chunk
+        in flight streams it; this generator hands out what they deliver."""
+        self._probe_due()
+        nodes = self._core.nodes
+        spread = Spread(run, nodes, run.concurrency, max_failovers=2 * len(nodes.nodes) + self._core.max_retries)
+        events: queue.SimpleQueue[LaneEvent] = queue.SimpleQueue()
+        try:
+            while True:
+                for lane in spread.plan():
+                    threading.Thread(target=self._stream_lane, args=(lane, events), daemon=True).start()
+                yield from spread.ready()
+                if not spread.busy:
+                    return
+                lane, item = events.get()
+                if isinstance(item, JobResult):
+                    yield from spread.accept(lane, item)
+                elif item is None:
+                    yield from spread.finished(lane)
+                elif isinstance(item, ExecboxError):
+                    yield from spread.failed(lane, item)
+                else:
+                    raise item
+                self._probe_due()
+        finally:
+            # Lanes still streaming stop at their next result; their responses close as they do.
+            spread.close()
 
-    def _stream(self, call: StreamCall[E]) -> Iterator[E]:
+    def _stream_lane(self, lane: Lane, events: queue.SimpleQueue[LaneEvent]) -> None:
+        outcome: BaseException | None = None
+        try:
+            for result in self._stream(self._routes.batch_chunk(lane.chunk), Target(lane.node)):
+                if lane.closed:
+                    return
+                events.put((lane, result))
+        except BaseException as exc:  # handed to the caller's thread, which raises what is not ours
+            outcome = exc
+        events.put((lane, outcome))
+
+    def _call(self, call: Call[T], target: Target = ANY) -> T:
+        return call.parse(self._send(functools.partial(self._core.build, self._http, call), target))
+
+    def _by_id(self, call: Call[T], session_id: str) -> T:
+        """``call`` for a session known by id alone: sent to the node its id names (with unnamed
+        nodes, to each in turn until one has it)."""
+        if not self._core.nodes.single:
+            for node in self._core.nodes.unnamed():
+                self._probe(node)  # learn names, so the id's node can be found
+        targets = self._core.targets_for(session_id)
+        for target in targets[:-1]:
+            try:
+                return self._call(call, target)
+            except SessionNotFoundError:
+                continue
+        return self._call(call, targets[-1])
+
+    def _stream(self, call: StreamCall[E], target: Target = ANY) -> Iterator[E]:
         """The items of a streamed answer; retried like any call until its first byte is read."""
-        response = self._send(self._core.build_stream(self._http, call), stream=True)
+        response = self._send(functools.partial(self._core.build_stream, self._http, call), target, stream=True)
         decoder = call.decoder()
         try:
             for chunk in response.iter_bytes():
@@ -221,24 +298,66 @@ class Client:
                     return
             yield from decoder.close()
         except httpx.HTTPError as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            self._raise_if_lost(target, error)
+            raise error from exc
         finally:
             response.close()
 
-    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+    def _send(
+        self, build: Callable[[str], httpx.Request], target: Target = ANY, *, stream: bool = False
+    ) -> httpx.Response:
+        """Send the request ``build`` makes for a node's URL: to ``target``'s node, or the least-loaded one."""
         self._check_open()
         attempt = 0
+        avoid: list[Node] = []
         while True:
+            node = target.node or self._pick(avoid)
             try:
-                response = self._http.send(request, stream=stream)
-                if not response.is_success:
-                    response.read()
-                self._core.check(response)
+                with self._core.nodes.busy(node):
+                    response = self._http.send(build(node.url), stream=stream)
+                    if not response.is_success:
+                        response.read()
+                self._core.answered(node, response)
                 return response
             except (httpx.HTTPError, APIStatusError) as exc:
-                delay = self._core.backoff_or_raise(attempt, exc)
-            time.sleep(delay)
-            attempt += 1
+                try:
+                    retry = self._core.retry(node, target, attempt, exc, avoid)
+                except ExecboxError as error:
+                    self._raise_if_lost(target, error)
+                    raise
+            if retry.delay:
+                time.sleep(retry.delay)
+            attempt += retry.counted
+
+    def _pick(self, avoid: list[Node]) -> Node:
+        self._probe_due()
+        return self._core.nodes.pick(avoid)
+
+    def _probe_due(self) -> None:
+        for node in self._core.nodes.due():
+            self._probe(node)
+
+    def _probe(self, node: Node) -> bool:
+        """Ask ``node`` for its health and load (``GET /v1/info``); whether it answered at all."""
+        try:
+            response = self._http.send(self._core.build(self._http, self._routes.info(), node.url))
+        except httpx.HTTPError as exc:
+            return self._core.probed(node, exc)
+        finally:
+            self._core.nodes.unclaim(node)
+        return self._core.probed(node, response)
+
+    def _raise_if_lost(self, target: Target, error: ExecboxError) -> None:
+        """Raise SessionNotFoundError (reason ``node_unavailable``) when a session call failed
+        because its node is gone; a probe tells a dead node from a blip."""
+        if target.node is None or not self._core.may_be_lost(target, error):
+            return
+        if not target.node.down:
+            self._probe(target.node)
+        lost = self._core.lost(target, target.node, error)
+        if lost is not None:
+            raise lost from error
 
     def _check_open(self) -> None:
         if self._closed:
@@ -255,30 +374,59 @@ class Sessions:
         self, *, timeout_s: float | None = None, memory_mb: int | None = None, cpus: float | None = None
     ) -> Session:
         """Create a session and return its handle (close it, or use it with ``with``)."""
-        info = self._client._call(self._client._routes.create_session(timeout_s, memory_mb, cpus))
-        return Session(self._client, info)
+        client = self._client
+        call = client._routes.create_session(timeout_s, memory_mb, cpus)
+        response = client._send(functools.partial(client._core.build, client._http, call))
+        info = call.parse(response)
+        return Session(client, info, client._core.placed_on(response, info.id))
 
     def list(self) -> list[SessionInfo]:
-        return self._client._call(self._client._routes.list_sessions())
+        """This client's sessions; with several nodes, those of every node that answers."""
+        client = self._client
+        nodes = client._core.nodes
+        if nodes.single:
+            return client._call(client._routes.list_sessions())
+        found: list[SessionInfo] = []
+        for node in nodes.nodes:
+            try:
+                listed: list[SessionInfo] = client._call(client._routes.list_sessions(), Target(node))
+            except APIConnectionError as exc:
+                if isinstance(exc, APITimeoutError):
+                    raise
+                continue  # a node that refuses connections holds no sessions any more
+            found.extend(listed)
+        return found
 
     def get(self, session_id: str) -> SessionInfo:
-        """Raises SessionNotFoundError when there is no such session."""
-        return self._client._call(self._client._routes.get_session(session_id))
+        """Raises SessionNotFoundError when there is no such session (or its node is gone)."""
+        return self._client._by_id(self._client._routes.get_session(session_id), session_id)
 
     def delete(self, session_id: str) -> None:
         """Delete a session and its sandbox. Raises SessionNotFoundError when there is none."""
-        self._client._call(self._client._routes.delete_session(session_id))
+        self._client._by_id(self._client._routes.delete_session(session_id), session_id)
 
 
 class Session:
-    """A handle to a stateful session: variables persist between ``run`` calls."""
+    """A handle to a stateful session: variables persist between ``run`` calls.
 
-    def __init__(self, client: Client, info: SessionInfo) -> None:
+    Every call goes to the node that created it (``base_url``). When that node is gone, calls
+    raise :class:`SessionNotFoundError` with ``reason`` ``node_unavailable``: the state is lost,
+    and no new session replaces it behind the caller's back.
+    """
+
+    def __init__(self, client: Client, info: SessionInfo, node: Node | None = None) -> None:
         self._client = client
         self._routes = client._routes
+        self._node = node or client._core.nodes.nodes[0]
+        self._target = Target(self._node, info.id)
         self.info = info
         self.id = info.id
         self._closed = False
+
+    @property
+    def base_url(self) -> str:
+        """The URL of the node that holds this session."""
+        return self._node.url
 
     def run(
         self,
@@ -299,20 +447,20 @@ class Session:
         if callbacks.any:
             return _collect(self.run_stream(code, timeout_s=timeout_s), callbacks)
         self._check_open()
-        return self._client._call(self._routes.execute(self.info, code, timeout_s))
+        return self._client._call(self._routes.execute(self.info, code, timeout_s), self._target)
 
     def run_stream(self, code: str, *, timeout_s: float | None = None) -> Iterator[ExecutionEvent]:
         """Run ``code``, yielding stdout/stderr/result/error events as they happen, then ``done``."""
         self._check_open()
-        return self._client._stream(self._routes.execute_stream(self.info, code, timeout_s))
+        return self._client._stream(self._routes.execute_stream(self.info, code, timeout_s), self._target)
 
     def interrupt(self) -> bool:
         """Interrupt the running execution; returns whether one was running."""
-        return self._client._call(self._routes.interrupt(self.id))
+        return self._client._call(self._routes.interrupt(self.id), self._target)
 
     def restart(self) -> SessionInfo:
         """Replace the kernel with a fresh one; every variable is lost."""
-        self.info = self._client._call(self._routes.restart(self.id))
+        self.info = self._client._call(self._routes.restart(self.id), self._target)
         return self.info
 
     def upload(self, path: str, data: bytes | str) -> FileInfo:
@@ -321,23 +469,23 @@ class Session:
         Raises:
             InvalidRequestError (absolute path, ``..``, a symlink on the way), RequestTooLargeError.
         """
-        return self._client._call(self._routes.upload(self.id, path, data))
+        return self._client._call(self._routes.upload(self.id, path, data), self._target)
 
     def download(self, path: str) -> bytes:
         """The bytes of ``path`` (e.g. a CSV or a PNG the code wrote). Raises NotFoundError when missing."""
-        return self._client._call(self._routes.download(self.id, path))
+        return self._client._call(self._routes.download(self.id, path), self._target)
 
     def list_files(self, directory: str = "") -> list[FileInfo]:
         """Entries of ``directory`` (default: the working directory itself)."""
-        return self._client._call(self._routes.list_files(self.id, directory))
+        return self._client._call(self._routes.list_files(self.id, directory), self._target)
 
     def keepalive(self) -> SessionInfo:
         """Push the session's idle expiry back."""
-        self.info = self._client._call(self._routes.keepalive(self.id))
+        self.info = self._client._call(self._routes.keepalive(self.id), self._target)
         return self.info
 
     def refresh(self) -> SessionInfo:
-        self.info = self._client.sessions.get(self.id)
+        self.info = self._client._call(self._routes.get_session(self.id), self._target)
         return self.info
 
     def close(self) -> None:
@@ -346,7 +494,7 @@ class Session:
             return
         self._closed = True
         try:
-            self._client.sessions.delete(self.id)
+            self._client._call(self._routes.delete_session(self.id), self._target)
         except APIStatusError as exc:
             if exc.status_code != 404:
                 raise

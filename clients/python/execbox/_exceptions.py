@@ -21,7 +21,10 @@
             └── EngineUnavailableError    engine_unavailable
 
 One table, keyed by :class:`~execbox.ErrorCode`, gives every code its class and the HTTP
-status it is sent with. A failure therefore raises the same class whether it came as an
+status it is sent with. An envelope's optional ``reason`` refines its code, and one more table
+maps it: ``node_unavailable`` (the session's node is gone: its state is lost) and ``wrong_node``
+are a :class:`SessionNotFoundError` whatever the code and status a proxy sent them with, so a
+lost node never reads as an overload to retry. A failure therefore raises the same class whether it came as an
 error response or as the error line that ends a stream (whose HTTP status was already 200).
 Only ``http_error`` and codes this SDK does not know fall back to the HTTP status.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from execbox._codes import ErrorCode
+from execbox._codes import ErrorCode, ErrorReason
 
 if TYPE_CHECKING:
     from execbox._models import Execution
@@ -56,6 +59,7 @@ __all__ = [
     "SessionNotFoundError",
     "StreamError",
     "make_status_error",
+    "node_lost",
     "status_error_for",
 ]
 
@@ -92,15 +96,25 @@ class APIStatusError(ExecboxError):
 
     ``code`` is an :class:`~execbox.ErrorCode` member (a ``str``) when this SDK knows it, the
     plain string otherwise. ``status_code`` is the HTTP status, or for an error that ended a
-    stream, the status its code is sent with.
+    stream, the status its code is sent with. ``reason`` refines ``code`` when the server sent
+    one (``node_unavailable``, ``wrong_node``).
     """
 
-    def __init__(self, message: str, *, status_code: int, code: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{status_code} {code}: {message}")
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {code}" + (f" ({reason})" if reason else "") + f": {message}")
         self.message = message
         self.status_code = status_code
         self.code = code
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class BadRequestError(APIStatusError):
@@ -201,13 +215,25 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     503: ServiceUnavailableError,
 }
 
+# Reasons that name where a session lives: either way the session is gone for this client.
+_BY_REASON: dict[str, type[APIStatusError]] = {
+    ErrorReason.NODE_UNAVAILABLE: SessionNotFoundError,
+    ErrorReason.WRONG_NODE: SessionNotFoundError,
+}
+
 _KNOWN = {code.value: code for code in ErrorCode}
+_REASONS = {reason.value: reason for reason in ErrorReason}
 
 
 def status_error_for(
-    code: str, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    code: str,
+    message: str,
+    *,
+    status_code: int | None = None,
+    retry_after: float | None = None,
+    reason: str | None = None,
 ) -> APIStatusError:
-    """The exception for an error envelope ``{"code", "message"}``.
+    """The exception for an error envelope ``{"code", "message", "reason"?}``.
 
     ``status_code`` is the HTTP status of an error response; None for the error line that
     ends a stream, which takes the status its code is sent with (500 for an unknown code).
@@ -215,12 +241,26 @@ def status_error_for(
     known = _KNOWN.get(code)
     mapping = _BY_CODE.get(known) if known is not None else None
     status = status_code if status_code is not None else mapping.status if mapping is not None else 500
-    cls = mapping.cls if mapping is not None else None
+    cls = _BY_REASON.get(reason or "") or (mapping.cls if mapping is not None else None)
     if cls is None:
         cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
-    return cls(message, status_code=status, code=known or code, retry_after=retry_after)
+    named = _REASONS.get(reason, reason) if reason is not None else None
+    return cls(message, status_code=status, code=known or code, retry_after=retry_after, reason=named)
 
 
-def make_status_error(status_code: int, code: str, message: str, *, retry_after: float | None = None) -> APIStatusError:
+def make_status_error(
+    status_code: int, code: str, message: str, *, retry_after: float | None = None, reason: str | None = None
+) -> APIStatusError:
     """The exception for an HTTP error response (see :func:`status_error_for`)."""
-    return status_error_for(code, message, status_code=status_code, retry_after=retry_after)
+    return status_error_for(code, message, status_code=status_code, retry_after=retry_after, reason=reason)
+
+
+def node_lost(session_id: str, node: str, detail: str) -> SessionNotFoundError:
+    """A session whose node does not answer: its kernel state is lost, and no new session replaces it."""
+    message = (
+        f"session {session_id} lives on {node}, which does not answer ({detail}): its state is lost; "
+        "create a new session"
+    )
+    return SessionNotFoundError(
+        message, status_code=404, code=ErrorCode.SESSION_NOT_FOUND, reason=ErrorReason.NODE_UNAVAILABLE
+    )

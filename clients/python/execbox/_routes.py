@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import httpx
 
-from execbox._base import Call, ClientCore, StreamCall, parse_list, parse_model
+from execbox._base import PROBE_TIMEOUT_S, Call, ClientCore, StreamCall, parse_list, parse_model
 from execbox._batch import Chunk
 from execbox._exceptions import ExecboxError
 from execbox._models import (
@@ -15,6 +15,7 @@ from execbox._models import (
     Execution,
     ExecutionEvent,
     FileInfo,
+    Info,
     JobResult,
     OneShotRequest,
     SessionCreate,
@@ -87,6 +88,12 @@ class Routes:
 
     def keepalive(self, session_id: str) -> Call[SessionInfo]:
         return Call("POST", f"/v1/sessions/{session_id}/keepalive", parse_model(SessionInfo))
+
+    # ------------------------------------------------------------------ nodes
+
+    def info(self) -> Call[Info]:
+        """``GET /v1/info``: a node's capacity and load (unauthenticated); a quick probe of its health."""
+        return Call("GET", "/v1/info", parse_model(Info), timeout=httpx.Timeout(PROBE_TIMEOUT_S))
 
     # ------------------------------------------------------------------ files
 

@@ -44,7 +44,7 @@ def test_no_module_outside_the_twins_reaches_into_private_attributes_of_another_
 )
 def test_the_async_twin_awaits_exactly_where_the_sync_twin_returns_a_value(sync: type, async_: type) -> None:
     # Async iterators or contexts, not awaited.
-    iterators = {"run_stream", "batch_stream", "imap", "session", "_stream", "_run_batch"}
+    iterators = {"run_stream", "batch_stream", "imap", "session", "_stream", "_run_batch", "_spread"}
     for name, method in inspect.getmembers(sync, inspect.isfunction):
         if name.startswith("__") and name not in ("__enter__", "__exit__"):
             continue
