@@ -1,0 +1,264 @@
+"""Several real execbox instances on 127.0.0.2, .3, .4 behind a real HAProxy on 127.0.0.1 (tests, bench).
+
+Each instance has its own state dir and node name (the dashed address, as the Helm chart names pods)
+and all share the one Docker engine. The proxy's configuration is the Helm chart's, rendered for a
+static node list by scripts/render_deploy.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+
+from tests.support.server import LocalServer
+
+__all__ = ["Cluster", "Node", "Proxy", "cluster", "ensure_haproxy", "metric", "render_deploy"]
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+def render_deploy() -> ModuleType:
+    """scripts/render_deploy.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("render_deploy", ROOT / "scripts" / "render_deploy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("render_deploy", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_haproxy() -> str:
+    """The haproxy binary, installed from Debian when missing (CI runs as root on a clean machine).
+
+    Raises:
+        RuntimeError: missing and not installable here.
+    """
+    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy")
+    if found:
+        return str(found)
+    if os.geteuid() != 0:
+        raise RuntimeError("haproxy is not installed: apt-get install haproxy")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, env=env, stdout=subprocess.DEVNULL)
+    return "/usr/sbin/haproxy"
+
+
+def _free_port(hosts: Sequence[str]) -> int:
+    """A port free on every one of ``hosts`` (the instances share one port on their own addresses)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+@dataclass
+class Node:
+    """One execbox instance: its name (the node part of its session ids), address and process."""
+
+    name: str
+    host: str
+    port: int
+    state_dir: Path
+    log: Path
+    settings: dict[str, str]
+    server: LocalServer | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, *, wait: bool = True) -> LocalServer:
+        env = {**os.environ}
+        env.update({f"EXECBOX_{k.upper()}": v for k, v in self.settings.items()})
+        env.update(
+            EXECBOX_HOST=self.host,
+            EXECBOX_PORT=str(self.port),
+            EXECBOX_NODE_NAME=self.name,
+            EXECBOX_STATE_DIR=str(self.state_dir),
+        )
+        self.starts += 1
+        log = self.log.with_suffix(f".{self.starts}.log")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "execbox_server"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+        self.server = LocalServer(url=self.url, proc=proc, log=log, env=env)
+        if wait:
+            try:
+                self.server.wait_ready()
+            except BaseException:
+                self.server.stop(signal.SIGKILL)
+                raise
+        return self.server
+
+    def instance(self) -> str:
+        """The instance id the running process logged; its containers carry it as a label."""
+        assert self.server is not None
+        match = re.search(r"execbox instance ([0-9a-f]+)", self.server.log.read_text())
+        assert match, f"node {self.name} did not log its instance id"
+        return match.group(1)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, its containers stay behind for the next start to reap."""
+        assert self.server is not None
+        self.server.proc.send_signal(signal.SIGKILL)
+        self.server.proc.wait()
+
+
+@dataclass
+class Proxy:
+    url: str
+    stats_url: str
+    config: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def server_up(self, backend: str, server: str) -> bool:
+        """Whether HAProxy's health checks hold ``backend/server`` as UP (its Prometheus exporter)."""
+        text = httpx.get(self.stats_url + "/metrics", timeout=5).text
+        pattern = f'haproxy_server_status{{proxy="{backend}",server="{server}",state="UP"}} 1'
+        return pattern in text
+
+    def wait_server(self, backend: str, server: str, *, up: bool, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server_up(backend, server) == up:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"HAProxy never saw {backend}/{server} {'up' if up else 'down'}")
+
+
+@dataclass
+class Cluster:
+    nodes: list[Node]
+    proxy: Proxy
+    instances: set[str] = field(default_factory=set)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def metric(url: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """A counter or gauge from an instance's /metrics (summed over the series matching ``labels``)."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        series, _, rest = head.partition("{")
+        if series != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total
+
+
+def start_proxy(nodes: Sequence[Node], workdir: Path) -> Proxy:
+    haproxy = ensure_haproxy()
+    port, stats = _free_port(["127.0.0.1"]), _free_port(["127.0.0.1"])
+    render = render_deploy()
+    values = render.static_values(
+        [(n.name, n.host, n.port) for n in nodes], bind="127.0.0.1", port=port, stats_port=stats, maxconn=1000
+    )
+    # Faster health checks than the chart's default: the tests wait for HAProxy to see a node go down.
+    values["proxy"]["healthCheck"] = {"interval": "500ms", "fall": 2, "rise": 1}
+    config = workdir / "haproxy.cfg"
+    config.write_text(render.haproxy_config(values))
+    log = workdir / "haproxy.log"
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proxy = Proxy(
+        url=f"http://127.0.0.1:{port}", stats_url=f"http://127.0.0.1:{stats}", config=config, proc=proc, log=log
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"haproxy exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(proxy.stats_url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"haproxy never became ready:\n{log.read_text()[-3000:]}")
+    for node in nodes:
+        proxy.wait_server("nodes", node.name, up=True)
+    return proxy
+
+
+@contextmanager
+def cluster(settings: Mapping[str, str], *, count: int = 3, workdir: Path | None = None) -> Iterator[Cluster]:
+    """``count`` instances (on 127.0.0.2...) and a proxy; everything stopped and reaped on exit.
+
+    The state dirs are short paths under /tmp (unix socket paths are limited to 107 bytes).
+    """
+    hosts = NODE_HOSTS[:count]
+    port = _free_port(hosts)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebx-")))
+        logs = workdir or tmp
+        nodes = [
+            Node(
+                name=host.replace(".", "-"),
+                host=host,
+                port=port,
+                state_dir=tmp / f"s{i}",
+                log=logs / f"node{i}",
+                settings=dict(settings),
+            )
+            for i, host in enumerate(hosts)
+        ]
+        started: list[Node] = []
+
+        def stop_all() -> None:
+            for node in started:
+                if node.server is not None:
+                    node.server.stop()
+
+        stack.callback(stop_all)
+        for node in nodes:
+            node.state_dir.mkdir()
+            node.start(wait=False)
+            started.append(node)
+        for node in nodes:
+            assert node.server is not None
+            node.server.wait_ready()
+        proxy = start_proxy(nodes, logs)
+
+        def stop_proxy() -> None:
+            proxy.proc.terminate()
+            try:
+                proxy.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.proc.kill()
+                proxy.proc.wait()
+
+        stack.callback(stop_proxy)
+        group = Cluster(nodes=nodes, proxy=proxy, instances={n.instance() for n in nodes})
+        yield group
