@@ -67,6 +67,11 @@ def test_compose_stack_serves_and_leaves_nothing_behind() -> None:
             with client.session() as s:
                 s.run("x = 1")
                 assert s.run("x + 1").text == "2"
+                # Accounting from the host's cgroup files, though the service runs in a container.
+                used = s.run("b = bytearray(64 * 2**20); sum(i * i for i in range(300_000))")
+                assert used.resources.cpu_ms is not None and used.resources.cpu_ms > 0, used
+                assert used.resources.peak_memory_bytes is not None, used
+                assert used.resources.peak_memory_bytes >= 64 * 2**20, used
         assert "execbox_pool_kernels" in httpx.get(url + "/metrics").text
     finally:
         down = subprocess.run([*base, "down", "--remove-orphans"], cwd=ROOT, env=env, capture_output=True, text=True)
