@@ -11,13 +11,16 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from execbox._models import BatchResponse, ErrorEnvelope, Execution
 from tests.conftest import docker_ok, execbox_containers
-from tests.support.cluster import Cluster, cluster, metric
+from tests.support.cluster import Cluster, ZoneDns, cluster, metric, start_proxy
+from tests.support.server import free_port
 
 # Small pools: three instances share two cores with the rest of the suite.
 SETTINGS = {
@@ -169,6 +172,43 @@ def test_unknown_node_is_reported_unavailable_by_the_proxy(nodes: Cluster, http:
     error = ErrorEnvelope.model_validate(r.json()).error
     assert (error.code, error.reason) == ("session_not_found", "node_unavailable")
     assert "no-such-node" in error.message
+
+
+def test_the_kubernetes_proxy_config_discovers_and_routes_nodes_by_dns(nodes: Cluster, tmp_path: Path) -> None:
+    """The chart's default (DNS) configuration, with a loopback DNS server serving the headless
+    Service's records as CoreDNS does: server-template finds the nodes, do-resolve routes sessions."""
+    service = "execbox-nodes.execbox.svc.cluster.local"
+    zone = {service: [n.host for n in nodes.nodes]} | {f"{n.name}.{service}": [n.host] for n in nodes.nodes}
+    with ZoneDns(zone) as dns:
+        values: dict[str, Any] = {
+            "port": nodes.nodes[0].port,
+            "proxy": {
+                "bind": "127.0.0.1",
+                "maxconn": 1000,
+                "service": {"port": free_port()},
+                "statsPort": free_port(),
+                "discovery": {"mode": "dns", "maxNodes": 4, "nameserver": dns.address},
+                "healthCheck": {"interval": "500ms", "fall": 2, "rise": 1},
+            },
+        }
+        proxy = start_proxy(values, tmp_path, servers_up=len(nodes.nodes), name="haproxy-dns")
+        try:
+            with httpx.Client(base_url=proxy.url, timeout=120) as http:
+                sids = [create_session(http) for _ in range(3)]
+                assert {node_of(s) for s in sids} == {n.name for n in nodes.nodes}
+                for sid in sids:
+                    execute(http, sid, f"me = {sid!r}")
+                for sid in sids:
+                    assert execute(http, sid, "print(me)").stdout == f"{sid}\n"
+                    assert http.delete(f"/v1/sessions/{sid}").status_code == 204
+                # A name that is no endpoint of the Service does not resolve: the agreed 404, no connection.
+                r = http.get(f"/v1/sessions/s_{'0' * 24}.10-9-9-9")
+                assert r.status_code == 404 and "x-execbox-node" not in r.headers
+                error = ErrorEnvelope.model_validate(r.json()).error
+                assert (error.code, error.reason) == ("session_not_found", "node_unavailable")
+            assert f"10-9-9-9.{service}" in dns.queries
+        finally:
+            proxy.stop()
 
 
 def unavailable(http: httpx.Client, sid: str) -> tuple[ErrorEnvelope, float]:

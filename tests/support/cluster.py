@@ -13,21 +13,35 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 
 from tests.support.server import LocalServer
 
-__all__ = ["Cluster", "Node", "Proxy", "cluster", "ensure_haproxy", "metric", "render_deploy"]
+__all__ = [
+    "Cluster",
+    "Node",
+    "Proxy",
+    "ZoneDns",
+    "cluster",
+    "ensure_haproxy",
+    "metric",
+    "render_deploy",
+    "start_proxy",
+    "static_proxy_values",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -143,6 +157,18 @@ class Proxy:
         pattern = f'haproxy_server_status{{proxy="{backend}",server="{server}",state="UP"}} 1'
         return pattern in text
 
+    def servers_up(self, backend: str) -> int:
+        text = httpx.get(self.stats_url + "/metrics", timeout=5).text
+        return len(re.findall(f'haproxy_server_status{{proxy="{backend}",server="[^"]+",state="UP"}} 1', text))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
     def wait_server(self, backend: str, server: str, *, up: bool, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -178,38 +204,52 @@ def metric(url: str, name: str, labels: Mapping[str, str] | None = None) -> floa
     return total
 
 
-def start_proxy(nodes: Sequence[Node], workdir: Path) -> Proxy:
-    haproxy = ensure_haproxy()
-    port, stats = _free_port(["127.0.0.1"]), _free_port(["127.0.0.1"])
+def static_proxy_values(nodes: Sequence[Node]) -> dict[str, Any]:
+    """The chart's values for a proxy on 127.0.0.1 in front of ``nodes`` (static discovery)."""
     render = render_deploy()
-    values = render.static_values(
-        [(n.name, n.host, n.port) for n in nodes], bind="127.0.0.1", port=port, stats_port=stats, maxconn=1000
+    values: dict[str, Any] = render.static_values(
+        [(n.name, n.host, n.port) for n in nodes],
+        bind="127.0.0.1",
+        port=_free_port(["127.0.0.1"]),
+        stats_port=_free_port(["127.0.0.1"]),
+        maxconn=1000,
     )
     # Faster health checks than the chart's default: the tests wait for HAProxy to see a node go down.
     values["proxy"]["healthCheck"] = {"interval": "500ms", "fall": 2, "rise": 1}
-    config = workdir / "haproxy.cfg"
-    config.write_text(render.haproxy_config(values))
-    log = workdir / "haproxy.log"
+    return values
+
+
+def start_proxy(values: dict[str, Any], workdir: Path, *, servers_up: int, name: str = "haproxy") -> Proxy:
+    """HAProxy with the chart's configuration for ``values``, once ``servers_up`` nodes pass its checks.
+
+    Raises:
+        RuntimeError: haproxy exited or never saw the nodes.
+    """
+    haproxy = ensure_haproxy()
+    proxy_values = values["proxy"]
+    config = workdir / f"{name}.cfg"
+    config.write_text(render_deploy().haproxy_config(values))
+    log = workdir / f"{name}.log"
     proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     proxy = Proxy(
-        url=f"http://127.0.0.1:{port}", stats_url=f"http://127.0.0.1:{stats}", config=config, proc=proc, log=log
+        url=f"http://127.0.0.1:{proxy_values['service']['port']}",
+        stats_url=f"http://127.0.0.1:{proxy_values['statsPort']}",
+        config=config,
+        proc=proc,
+        log=log,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"haproxy exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(proxy.stats_url + "/readyz", timeout=2).status_code == 200:
-                break
+            if proxy.servers_up("nodes") >= servers_up:
+                return proxy
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError(f"haproxy never became ready:\n{log.read_text()[-3000:]}")
-    for node in nodes:
-        proxy.wait_server("nodes", node.name, up=True)
-    return proxy
+    proxy.stop()
+    raise RuntimeError(f"haproxy never saw {servers_up} nodes up:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager
@@ -223,6 +263,7 @@ def cluster(settings: Mapping[str, str], *, count: int = 3, workdir: Path | None
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebx-")))
         logs = workdir or tmp
+        logs.mkdir(parents=True, exist_ok=True)
         nodes = [
             Node(
                 name=host.replace(".", "-"),
@@ -249,16 +290,67 @@ def cluster(settings: Mapping[str, str], *, count: int = 3, workdir: Path | None
         for node in nodes:
             assert node.server is not None
             node.server.wait_ready()
-        proxy = start_proxy(nodes, logs)
-
-        def stop_proxy() -> None:
-            proxy.proc.terminate()
-            try:
-                proxy.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.proc.kill()
-                proxy.proc.wait()
-
-        stack.callback(stop_proxy)
+        proxy = start_proxy(static_proxy_values(nodes), logs, servers_up=len(nodes))
+        stack.callback(proxy.stop)
         group = Cluster(nodes=nodes, proxy=proxy, instances={n.instance() for n in nodes})
         yield group
+
+
+class ZoneDns:
+    """A small authoritative DNS server on loopback with a fixed zone of A records, in a thread.
+
+    It stands where CoreDNS stands in Kubernetes, serving what CoreDNS serves for a headless Service:
+    ``<service>`` with every endpoint's address and ``<dashed-ip>.<service>`` with one; any other
+    name is NXDOMAIN. This lets the chart's DNS-discovery proxy run against real instances here.
+    """
+
+    def __init__(self, records: Mapping[str, Sequence[str]]) -> None:
+        self.records = {name.lower().rstrip("."): list(addrs) for name, addrs in records.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.queries: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> ZoneDns:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()  # recvfrom fails, the thread ends
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                packet, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                answer = self.answer(packet)
+            except (IndexError, struct.error, UnicodeDecodeError):
+                continue  # not a query we understand: no answer, as a resolver times out
+            try:
+                self.sock.sendto(answer, peer)
+            except OSError:
+                return
+
+    def answer(self, packet: bytes) -> bytes:
+        qid, flags = struct.unpack("!HH", packet[:4])
+        labels, i = [], 12
+        while packet[i]:
+            labels.append(packet[i + 1 : i + 1 + packet[i]].decode("ascii"))
+            i += 1 + packet[i]
+        qtype, _qclass = struct.unpack("!HH", packet[i + 1 : i + 5])
+        question = packet[12 : i + 5]
+        name = ".".join(labels).lower()
+        self.queries.append(name)
+        addrs = self.records.get(name)
+        rcode = 0 if addrs is not None else 3  # NXDOMAIN
+        answers = [a for a in (addrs or []) if qtype == 1]  # A only; AAAA and others: no data
+        out_flags = 0x8000 | 0x0400 | (flags & 0x0100) | rcode  # response, authoritative, RD echoed
+        body = b"".join(
+            struct.pack("!HHHIH", 0xC00C, 1, 1, 1, 4) + socket.inet_aton(a)  # pointer to the question's name
+            for a in answers
+        )
+        return struct.pack("!HHHHHH", qid, out_flags, 1, len(answers), 0, 0) + question + body
