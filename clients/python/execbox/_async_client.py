@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from execbox._batch import BatchRun, InOrder, Jobs, Reorder, map_jobs, same, siz
 from execbox._compat import Self
 from execbox._exceptions import APIConnectionError, APIStatusError, APITimeoutError, ExecboxError, SessionNotFoundError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
-from execbox._nodes import ANY, Lane, Node, Spread, Target
+from execbox._nodes import ANY, Discovery, Lane, Node, Spread, Target
 from execbox._progress import Bar, progress_bar
 from execbox._routes import Routes
 from execbox._streams import Callbacks, OnResult, OnText, missing_done
@@ -182,7 +183,7 @@ class AsyncClient:
     async def _spread(self, run: BatchRun) -> AsyncIterator[JobResult]:
         """Drive ``run`` over several nodes (see :class:`~execbox._nodes.Spread`): a task per chunk
         in flight streams it; this generator hands out what they deliver."""
-        await self._probe_due()
+        await self._refresh()
         nodes = self._core.nodes
         spread = Spread(run, nodes, run.concurrency, max_failovers=2 * len(nodes.nodes) + self._core.max_retries)
         events: asyncio.Queue[LaneEvent] = asyncio.Queue()
@@ -208,7 +209,7 @@ class AsyncClient:
                     raise item
                 for result in results:
                     yield result
-                await self._probe_due()
+                await self._refresh()
         finally:
             spread.close()
             for task in tasks:
@@ -235,6 +236,7 @@ class AsyncClient:
     async def _by_id(self, call: Call[T], session_id: str) -> T:
         """``call`` for a session known by id alone (see :meth:`Client._by_id`)."""
         if not self._core.nodes.single:
+            await self._refresh()
             for node in self._core.nodes.unnamed():
                 await self._probe(node)
         targets = self._core.targets_for(session_id)
@@ -292,11 +294,27 @@ class AsyncClient:
             attempt += retry.counted
 
     async def _pick(self, avoid: list[Node]) -> Node:
-        await self._probe_due()
+        await self._refresh()
         return self._core.nodes.pick(avoid)
 
-    async def _probe_due(self) -> None:
-        await asyncio.gather(*(self._probe(node) for node in self._core.nodes.due()))
+    async def _refresh(self) -> None:
+        """Resolve the ``dns+`` URLs when due, then probe the nodes that are due (see :meth:`Client._refresh`)."""
+        nodes = self._core.nodes
+        due = nodes.discovery_due()
+        if due:
+            found: dict[Discovery, list[str] | None] = {}
+            try:
+                loop = asyncio.get_running_loop()
+                for discovery in due:
+                    try:
+                        answers = await loop.getaddrinfo(discovery.host, discovery.port, type=socket.SOCK_STREAM)
+                    except OSError:
+                        found[discovery] = None
+                        continue
+                    found[discovery] = [str(answer[4][0]) for answer in answers]
+            finally:
+                nodes.discovered(found)
+        await asyncio.gather(*(self._probe(node) for node in nodes.due()))
 
     async def _probe(self, node: Node) -> bool:
         """Ask ``node`` for its health and load (see :meth:`Client._probe`)."""
@@ -345,6 +363,7 @@ class AsyncSessions:
         nodes = client._core.nodes
         if nodes.single:
             return await client._call(client._routes.list_sessions())
+        await client._refresh()
         found: list[SessionInfo] = []
         for node in nodes.nodes:
             try:

@@ -108,8 +108,9 @@ class ClientCore:
     def __init__(
         self, base_url: str | Sequence[str] | None, api_key: str | None, timeout: float | None, max_retries: int
     ) -> None:
-        self.nodes = NodeSet(parse_urls(base_url))
-        self.base_url = self.nodes.nodes[0].url
+        urls = parse_urls(base_url)
+        self.nodes = NodeSet(urls)
+        self.base_url = urls[0]
         self.api_key = api_key if api_key is not None else os.environ.get("EXECBOX_API_KEY")
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         if max_retries < 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,7 +28,7 @@ from execbox._batch import BatchRun, InOrder, Jobs, Reorder, map_jobs, same, siz
 from execbox._compat import Self
 from execbox._exceptions import APIConnectionError, APIStatusError, APITimeoutError, ExecboxError, SessionNotFoundError
 from execbox._models import Execution, ExecutionEvent, FileInfo, JobResult, SessionInfo
-from execbox._nodes import ANY, Lane, Node, Spread, Target
+from execbox._nodes import ANY, Discovery, Lane, Node, Spread, Target
 from execbox._progress import Bar, progress_bar
 from execbox._routes import Routes
 from execbox._streams import Callbacks, OnResult, OnText, missing_done
@@ -234,7 +235,7 @@ class Client:
     def _spread(self, run: BatchRun) -> Iterator[JobResult]:
         """Drive ``run`` over several nodes (see :class:`~execbox._nodes.Spread`): a thread per chunk
         in flight streams it; this generator hands out what they deliver."""
-        self._probe_due()
+        self._refresh()
         nodes = self._core.nodes
         spread = Spread(run, nodes, run.concurrency, max_failovers=2 * len(nodes.nodes) + self._core.max_retries)
         events: queue.SimpleQueue[LaneEvent] = queue.SimpleQueue()
@@ -254,7 +255,7 @@ class Client:
                     yield from spread.failed(lane, item)
                 else:
                     raise item
-                self._probe_due()
+                self._refresh()
         finally:
             # Lanes still streaming stop at their next result; their responses close as they do.
             spread.close()
@@ -277,6 +278,7 @@ class Client:
         """``call`` for a session known by id alone: sent to the node its id names (with unnamed
         nodes, to each in turn until one has it)."""
         if not self._core.nodes.single:
+            self._refresh()
             for node in self._core.nodes.unnamed():
                 self._probe(node)  # learn names, so the id's node can be found
         targets = self._core.targets_for(session_id)
@@ -331,11 +333,26 @@ class Client:
             attempt += retry.counted
 
     def _pick(self, avoid: list[Node]) -> Node:
-        self._probe_due()
+        self._refresh()
         return self._core.nodes.pick(avoid)
 
-    def _probe_due(self) -> None:
-        for node in self._core.nodes.due():
+    def _refresh(self) -> None:
+        """Resolve the ``dns+`` URLs when due, then probe the nodes whose load is stale or who are due again."""
+        nodes = self._core.nodes
+        due = nodes.discovery_due()
+        if due:
+            found: dict[Discovery, list[str] | None] = {}
+            try:
+                for discovery in due:
+                    try:
+                        answers = socket.getaddrinfo(discovery.host, discovery.port, type=socket.SOCK_STREAM)
+                    except OSError:
+                        found[discovery] = None  # keep what the last resolution found
+                        continue
+                    found[discovery] = [str(answer[4][0]) for answer in answers]
+            finally:
+                nodes.discovered(found)
+        for node in nodes.due():
             self._probe(node)
 
     def _probe(self, node: Node) -> bool:
@@ -386,6 +403,7 @@ class Sessions:
         nodes = client._core.nodes
         if nodes.single:
             return client._call(client._routes.list_sessions())
+        client._refresh()
         found: list[SessionInfo] = []
         for node in nodes.nodes:
             try:

@@ -12,6 +12,10 @@ node's failure means. The twins probe (``GET /v1/info``) and send; this module d
   the node's ``/v1/info`` load (kernels held and awaited) plus what this client sent it since,
   over its kernel capacity. A node that refuses work (connection refused, 503, 429) is skipped
   for the call, which moves on to the next node without counting a retry.
+- **Nodes can be discovered by DNS.** ``dns+http://execbox-nodes.ns.svc:8000`` (a Kubernetes
+  headless Service) stands for every address the name resolves to, each a node on that port;
+  the name is resolved again every :data:`DISCOVERY_TTL_S`, so nodes that join get work and
+  nodes that leave get no more (their sessions keep their node until it stops answering).
 - **Health is learned from answers and re-probed.** A node that refuses connections is down
   until a probe of ``/v1/info`` answers; probes back off from 1 s to 30 s. Load is refreshed
   when older than :data:`INFO_TTL_S`.
@@ -21,7 +25,7 @@ node's failure means. The twins probe (``GET /v1/info``) and send; this module d
   only its jobs without a result (batch jobs are one-shot programs: running one twice is safe,
   and a result is never reported twice).
 
-One URL is today's client exactly: no probes, no spreading, the same retries.
+One URL (not a ``dns+`` one) is today's client exactly: no probes, no spreading, the same retries.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from execbox._batch import BatchRun, Chunk, callers_mistake
 from execbox._exceptions import (
@@ -45,7 +50,7 @@ from execbox._exceptions import (
 )
 from execbox._models import Info, JobResult
 
-__all__ = ["ANY", "Lane", "Node", "NodeSet", "Spread", "Target", "node_of", "parse_urls"]
+__all__ = ["ANY", "Discovery", "Lane", "Node", "NodeSet", "Spread", "Target", "node_of", "parse_urls"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # How old a node's load may be before new work is placed by it (one GET /v1/info per node per period).
@@ -60,6 +65,9 @@ COOL_DOWN_S = 2.0
 JOBS_PER_LANE = 16
 # Chunks one node runs at once: two, so the next is queued while the last jobs of one finish.
 MAX_SLOTS = 2
+# How often a dns+ URL is resolved again (nodes joining and leaving a Kubernetes DaemonSet).
+DISCOVERY_TTL_S = 30.0
+DISCOVERY_PREFIX = "dns+"
 
 
 def parse_urls(base_url: str | Sequence[str] | None) -> list[str]:
@@ -77,6 +85,31 @@ def parse_urls(base_url: str | Sequence[str] | None) -> list[str]:
     if len(set(urls)) != len(urls):
         raise ValueError(f"an execbox URL is given twice: {urls}")
     return urls
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """A ``dns+http://name:port[/prefix]`` URL: every address ``name`` resolves to is a node."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Discovery:
+        """Raises ValueError: not a ``dns+http(s)://name[:port]`` URL."""
+        parts = urlsplit(url.removeprefix(DISCOVERY_PREFIX))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"a discovery URL is dns+http://name:port, not {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(url, parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    def urls(self, addresses: Iterable[str]) -> list[str]:
+        """The node URLs for the addresses the name resolved to."""
+        hosts = sorted({f"[{a}]" if ":" in a else a for a in addresses})
+        return [f"{self.scheme}://{host}:{self.port}{self.path}" for host in hosts]
 
 
 def node_of(session_id: str) -> str | None:
@@ -161,14 +194,19 @@ class NodeSet:
     """The client's nodes and what it knows of them; safe to share between threads."""
 
     def __init__(self, urls: Sequence[str], *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.nodes = tuple(Node(url) for url in urls)
+        self.discoveries = tuple(Discovery.parse(url) for url in urls if url.startswith(DISCOVERY_PREFIX))
+        self._static = [url for url in urls if not url.startswith(DISCOVERY_PREFIX)]
+        self.nodes = tuple(Node(url) for url in self._static)
+        self._found: dict[Discovery, list[str]] = {}
+        self._discovered_at = -math.inf
+        self._discovering = False
         self._clock = clock
         self._lock = threading.Lock()
 
     @property
     def single(self) -> bool:
         """One URL: the client behaves as a single-node client always did (no probes, no spreading)."""
-        return len(self.nodes) == 1
+        return len(self.nodes) == 1 and not self.discoveries
 
     def now(self) -> float:
         return self._clock()
@@ -181,6 +219,9 @@ class NodeSet:
         if self.single:
             return self.nodes[0]
         with self._lock:
+            if not self.nodes:
+                names = ", ".join(d.url for d in self.discoveries)
+                raise APIConnectionError(f"no execbox node to send to: {names} resolved to no address")
             now = self._clock()
             usable = [n for n in self.nodes if n.usable(now)]
             fresh = [n for n in usable if n not in avoid]
@@ -203,8 +244,9 @@ class NodeSet:
         return [n for n in self.nodes if n.name is None]
 
     def serving(self, url: str) -> Node:
-        """The node a request to ``url`` went to."""
-        return max((n for n in self.nodes if url.startswith(n.url)), key=lambda n: len(n.url))
+        """The node a request to ``url`` went to (a new one if discovery dropped it meanwhile)."""
+        matches = [n for n in self.nodes if url.startswith(n.url)]
+        return max(matches, key=lambda n: len(n.url)) if matches else Node(url.split("/v1/", 1)[0])
 
     def batch_nodes(self) -> list[Node]:
         """Usable nodes that run batch jobs, the most free workers first."""
@@ -224,6 +266,29 @@ class NodeSet:
                 node.inflight -= 1
 
     # ------------------------------------------------------------------ learning
+
+    def discovery_due(self) -> tuple[Discovery, ...]:
+        """The ``dns+`` names to resolve now (none, or all once per :data:`DISCOVERY_TTL_S`), claimed."""
+        with self._lock:
+            if not self.discoveries or self._discovering:
+                return ()
+            if self._clock() - self._discovered_at < DISCOVERY_TTL_S:
+                return ()
+            self._discovering = True
+            return self.discoveries
+
+    def discovered(self, found: dict[Discovery, list[str] | None]) -> None:
+        """The addresses each name resolved to (None: it failed; its previous nodes stay). Nodes
+        already known keep what is known of them; nodes no longer listed get no new work."""
+        with self._lock:
+            self._discovering = False
+            self._discovered_at = self._clock()
+            for discovery, addresses in found.items():
+                if addresses is not None:
+                    self._found[discovery] = discovery.urls(addresses)
+            known = {node.url: node for node in self.nodes}
+            urls = list(dict.fromkeys([*self._static, *(u for d in self.discoveries for u in self._found.get(d, []))]))
+            self.nodes = tuple(known.get(url) or Node(url) for url in urls)
 
     def due(self) -> list[Node]:
         """Nodes to probe now (load older than :data:`INFO_TTL_S`, or down and due again), each
@@ -300,6 +365,10 @@ class Spread:
             lane, item = next event           # a result, the end of a lane, or its failure
             yield from spread.accept(lane, item) / spread.finished(lane) / spread.failed(lane, error)
 
+    A chunk that fails on a node goes back, its jobs without a result first in line, for any
+    node to take; after ``max_failovers`` failures in a row with no chunk finishing between them,
+    the rest of the batch is marked as service errors, as on one node.
+
     Memory stays bounded: no chunk is started while the inputs read run more than ``window``
     past the oldest job without a result, so a consumer that restores input order holds at
     most ``window`` results, whatever a slow node does.
@@ -357,6 +426,7 @@ class Spread:
         if lane.closed:
             return []
         self._close(lane)
+        self.failovers = 0  # the budget is for failures in a row: a long batch may outlive many blips
         return self.run.finished(lane.chunk)
 
     def failed(self, lane: Lane, error: ExecboxError) -> list[JobResult]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,9 +26,10 @@ from execbox import (
     JobStatus,
     SessionNotFoundError,
 )
+from execbox import _nodes as nodes_module
 from execbox._batch import BatchRun, ChunkLimits
 from execbox._codes import ErrorReason
-from execbox._nodes import Node, NodeSet, Spread, parse_urls
+from execbox._nodes import Discovery, Node, NodeSet, Spread, parse_urls
 
 NOW = "2026-12-03T09:00:00Z"
 
@@ -45,6 +47,7 @@ class FakeNode:
     """One execbox instance as its HTTP answers show it: sessions with state, one-shots, batches."""
 
     name: str
+    host: str = ""  # its address in URLs; its name by default
     lanes: int = 2
     workers: int = 4
     max_kernels: int = 8
@@ -152,12 +155,12 @@ class FakeCluster:
     """Several :class:`FakeNode` at http://<name>:8000; a dead node refuses connections."""
 
     def __init__(self, *nodes: FakeNode) -> None:
-        self.nodes = {node.name: node for node in nodes}
+        self.nodes = {node.host or node.name: node for node in nodes}
         self.lock = threading.Lock()  # lanes of a sync client call from several threads
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://{name}:8000" for name in self.nodes]
+        return [f"http://{host}:8000" for host in self.nodes]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
@@ -173,16 +176,17 @@ class FakeCluster:
         response.headers["X-Execbox-Node"] = node.name
         return response
 
-    def client(self, **kw: Any) -> Client:
-        return Client(self.urls, http_client=httpx.Client(transport=httpx.MockTransport(self)), **kw)
+    def client(self, urls: str | list[str] | None = None, **kw: Any) -> Client:
+        return Client(urls or self.urls, http_client=httpx.Client(transport=httpx.MockTransport(self)), **kw)
 
-    def async_client(self, **kw: Any) -> AsyncClient:
+    def async_client(self, urls: str | list[str] | None = None, **kw: Any) -> AsyncClient:
         async def handler(request: httpx.Request) -> httpx.Response:
             return self(request)
 
         for node in self.nodes.values():
             node.asynchronous = True
-        return AsyncClient(self.urls, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)), **kw)
+        transport = httpx.MockTransport(handler)
+        return AsyncClient(urls or self.urls, http_client=httpx.AsyncClient(transport=transport), **kw)
 
     def count(self, what: str) -> Counter[str]:
         return Counter({name: sum(1 for p in node.paths if p == what) for name, node in self.nodes.items()})
@@ -475,3 +479,68 @@ def test_a_node_learns_its_name_from_the_header_and_the_ids_it_makes() -> None:
     nodes = NodeSet(["http://x", "http://y"])
     nodes.named_by(nodes.nodes[0], "node-x")
     assert nodes.named("node-x") is nodes.nodes[0] and node.name is None
+
+
+# ---------------------------------------------------------------------- discovery
+
+
+@pytest.fixture()
+def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """A resolver for ``*.test`` names (no real lookup leaves the test), re-read on every resolution."""
+    records: dict[str, list[str]] = {}
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kw: Any) -> list[tuple[Any, ...]]:
+        if host not in records:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in records[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(nodes_module, "DISCOVERY_TTL_S", 0.0)  # resolve again at every refresh
+    return records
+
+
+def ip_cluster() -> FakeCluster:
+    return FakeCluster(*(FakeNode(f"node-{i}", host=f"10.9.0.{i}") for i in (1, 2, 3)))
+
+
+def test_a_dns_url_stands_for_every_address_its_name_resolves_to_as_the_answer_changes(
+    dns: dict[str, list[str]],
+) -> None:
+    cluster = ip_cluster()
+    dns["nodes.test"] = ["10.9.0.1", "10.9.0.2"]
+    with cluster.client("dns+http://nodes.test:8000") as client:
+        first = [client.session() for _ in range(4)]
+        assert Counter(s.id.partition(".")[2] for s in first) == {"node-1": 2, "node-2": 2}
+        assert [e.stdout for e in client.map([f"c{i}" for i in range(200)])] == [f"c{i}" for i in range(200)]
+        assert cluster.nodes["10.9.0.1"].ran and cluster.nodes["10.9.0.2"].ran
+        dns["nodes.test"] = ["10.9.0.2", "10.9.0.3"]  # node-1 left the Service, node-3 joined
+        assert client.base_urls == ["http://10.9.0.1:8000", "http://10.9.0.2:8000"]
+        later = [client.session() for _ in range(4)]
+        assert client.base_urls == ["http://10.9.0.2:8000", "http://10.9.0.3:8000"]
+        assert {s.id.partition(".")[2] for s in later} == {"node-2", "node-3"}
+        on_node_1 = next(s for s in first if s.id.endswith("node-1"))
+        assert on_node_1.run("x").stdout == "node-1:1"  # a session keeps its node while it answers
+        del dns["nodes.test"]  # a failed resolution keeps the nodes found last
+        assert client.run("x").ok and len(client.base_urls) == 2
+
+
+async def test_the_async_client_discovers_by_dns_too_and_says_when_a_name_resolves_to_nothing(
+    dns: dict[str, list[str]],
+) -> None:
+    cluster = ip_cluster()
+    dns["nodes.test"] = ["10.9.0.3"]
+    async with cluster.async_client("dns+http://nodes.test:8000") as client:
+        assert (await client.run("x")).stdout == "node-3"
+    dns["empty.test"] = []
+    async with cluster.async_client("dns+http://empty.test:8000") as client:
+        with pytest.raises(APIConnectionError, match="resolved to no address"):
+            await client.run("x")
+
+
+def test_a_discovery_url_must_name_http_and_a_host() -> None:
+    with pytest.raises(ValueError, match="dns\\+http://name:port"):
+        Client("dns+ftp://nodes.test")
+    assert Discovery.parse("dns+https://n.test/prefix/").urls(["::1", "10.0.0.1"]) == [
+        "https://10.0.0.1:443/prefix",
+        "https://[::1]:443/prefix",
+    ]
