@@ -44,6 +44,7 @@ SETTINGS = {
     "batch_lanes": str(CORES),
     "batch_min_workers": str(CORES),
     "acquire_timeout_s": "30",
+    "kernel_start_timeout_s": "90",
 }
 
 

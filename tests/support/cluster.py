@@ -45,6 +45,8 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+# Three instances warming their pools at once on a busy 2-core machine take a while.
+READY_TIMEOUT_S = 300
 
 
 def render_deploy() -> ModuleType:
@@ -123,7 +125,7 @@ class Node:
         self.server = LocalServer(url=self.url, proc=proc, log=log, env=env)
         if wait:
             try:
-                self.server.wait_ready()
+                self.server.wait_ready(READY_TIMEOUT_S)
             except BaseException:
                 self.server.stop(signal.SIGKILL)
                 raise
@@ -289,7 +291,7 @@ def cluster(settings: Mapping[str, str], *, count: int = 3, workdir: Path | None
             started.append(node)
         for node in nodes:
             assert node.server is not None
-            node.server.wait_ready()
+            node.server.wait_ready(READY_TIMEOUT_S)
         proxy = start_proxy(static_proxy_values(nodes), logs, servers_up=len(nodes))
         stack.callback(proxy.stop)
         group = Cluster(nodes=nodes, proxy=proxy, instances={n.instance() for n in nodes})
