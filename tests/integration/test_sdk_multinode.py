@@ -26,8 +26,18 @@ from tests.conftest import docker_ok, execbox_containers, instance_of
 from tests.support.server import LocalServer
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-# Small pools: three instances share this machine's cores and engine with the rest of the suite.
-SETTINGS = {"min_ready": "1", "max_total": "4", "max_starting": "1", "batch_workers": "2", "batch_lanes": "2"}
+# Small pools: three instances share this machine's cores and engine with the rest of the suite,
+# and generous start deadlines: on a loaded 2-core machine a kernel start can take tens of seconds.
+SETTINGS = {
+    "min_ready": "1",
+    "max_total": "4",
+    "max_starting": "1",
+    "batch_workers": "2",
+    "batch_lanes": "2",
+    "kernel_start_timeout_s": "120",
+    "acquire_timeout_s": "30",
+}
+RETRIES = 5
 
 
 @dataclass
@@ -91,10 +101,12 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Instance]]:
         pytest.fail("integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)")
     logs = tmp_path_factory.mktemp("sdk-multinode")
     port = port_free_on_all()
-    # Short state dirs: kernel socket paths must stay under the unix limit.
+    # Short state dirs: kernel socket paths must stay under the unix limit. Node names of their own:
+    # names are unique among the live instances on one engine, and other tests' clusters may be up.
     with tempfile.TemporaryDirectory(prefix="ebx-sdk-") as tmp:
         group = [
-            Instance(host.replace(".", "-"), host, port, Path(tmp) / f"s{i}", logs) for i, host in enumerate(HOSTS)
+            Instance(f"sdk-{host.rpartition('.')[2]}", host, port, Path(tmp) / f"s{i}", logs)
+            for i, host in enumerate(HOSTS)
         ]
         instances: set[str] = set()
         try:
@@ -121,7 +133,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Instance]]:
 
 
 def test_sessions_keep_their_kernel_on_their_node_and_new_sessions_spread(nodes: list[Instance]) -> None:
-    with Client([n.url for n in nodes], timeout=120) as client:
+    with Client([n.url for n in nodes], timeout=120, max_retries=RETRIES) as client:
         sessions = [client.session() for _ in nodes]
         try:
             homes = [s.id.partition(".")[2] for s in sessions]
@@ -144,7 +156,7 @@ def test_sessions_keep_their_kernel_on_their_node_and_new_sessions_spread(nodes:
 def test_a_map_is_split_over_the_nodes_and_returns_every_result_in_order(nodes: list[Instance]) -> None:
     before = {n.name: n.batch_jobs() for n in nodes}
     codes = [f"{i} * 7" for i in range(400)]
-    with Client([n.url for n in nodes], timeout=120) as client:
+    with Client([n.url for n in nodes], timeout=120, max_retries=RETRIES) as client:
         out = client.map(codes)
     assert [e.text for e in out] == [str(i * 7) for i in range(400)]
     ran = {n.name: n.batch_jobs() - before[n.name] for n in nodes}
@@ -159,7 +171,7 @@ def test_kill_9_of_one_node_loses_its_sessions_explicitly_and_reruns_its_chunks_
     before = {n.name: n.batch_jobs() for n in nodes}
     # Jobs slow enough that every node holds a chunk in flight when the victim dies.
     codes = [f"import time\ntime.sleep(0.05)\n{i} * 3" for i in range(300)]
-    with Client([n.url for n in nodes], timeout=120) as client:
+    with Client([n.url for n in nodes], timeout=120, max_retries=RETRIES) as client:
         sessions = {s.id.partition(".")[2]: s for s in (client.session() for _ in nodes)}
         assert set(sessions) == {n.name for n in nodes}
         for name, session in sessions.items():
