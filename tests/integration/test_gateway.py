@@ -122,6 +122,26 @@ def test_raw_websocket_runs_cells_until_idle_as_smolagents_does(url: str, kernel
         ws.close()
 
 
+def test_a_restart_the_client_asked_for_is_not_announced_as_a_kernel_death(url: str, kernel: str) -> None:
+    # On iopub, ``status: restarting`` is jupyter_server's auto-restarter speaking: JupyterLab
+    # answers it with "The kernel appears to have died" and reconnects.
+    ws = websocket.create_connection(f"{url.replace('http', 'ws')}/api/kernels/{kernel}/channels", timeout=60)
+    try:
+        before = run_raw(ws, "v = 1")[0]["header"]["session"]
+        assert httpx.post(f"{url}/api/kernels/{kernel}/restart", timeout=60).status_code == 200
+        request = execute_request("v")
+        ws.send(json.dumps(request))
+        seen = []  # everything, the restart's own status messages included, until the cell is done
+        while not (seen and seen[-1]["msg_type"] == "execute_reply"):
+            seen.append(json.loads(ws.recv()))
+        states = [m["content"]["execution_state"] for m in seen if m["msg_type"] == "status"]
+        assert "restarting" not in states
+        assert "starting" in states  # the new kernel announces itself, with a new kernel session
+        assert seen[-1]["content"]["ename"] == "NameError" and seen[-1]["header"]["session"] != before
+    finally:
+        ws.close()
+
+
 def test_v1_subprotocol_is_negotiated_and_spoken_in_binary_frames(url: str, kernel: str) -> None:
     ws = websocket.create_connection(
         f"{url.replace('http', 'ws')}/api/kernels/{kernel}/channels", timeout=60, subprotocols=[V1]

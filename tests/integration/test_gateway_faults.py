@@ -115,8 +115,17 @@ def test_a_kernel_killed_from_outside_is_reported_lost_and_replaced(keyed: Local
         assert reply["status"] == "error" and reply["ename"] in ("KernelDied", "SandboxLost")
         assert reply["execbox"]["state_lost"] is True
         # The next cell runs on a fresh kernel, whose messages carry a new kernel session.
-        again = run_raw(ws, "kept")
-        assert of_type(again, "execute_reply")[0]["ename"] == "NameError"
+        request = execute_request("kept")
+        ws.send(json.dumps(request))
+        seen = []  # every frame, until the new cell's reply
+        while not (seen and seen[-1]["msg_type"] == "execute_reply"):
+            seen.append(json.loads(ws.recv()))
+        # Before it: what jupyter_server's auto-restarter sends for a kernel that died and was
+        # replaced (JupyterLab tells its user the kernel died, and forgets its state).
+        assert seen[0]["msg_type"] == "status" and seen[0]["content"]["execution_state"] == "restarting"
+        assert seen[0]["parent_header"] == {}
+        again = [m for m in seen if m["parent_header"].get("msg_id") == request["header"]["msg_id"]]
+        assert again[-1]["content"]["ename"] == "NameError"
         assert again[0]["header"]["session"] != out[0]["header"]["session"]
     finally:
         ws.close()

@@ -130,7 +130,9 @@ async def restart_kernel(services: Services, hub: GatewayHub, owner: str | None,
         PoolExhausted / EngineUnavailable when no fresh kernel could be had.
     """
     session = services.sessions.get(owner, session_id)
-    hub.status(session_id, "restarting", kernel_session_tag(session))
+    # No ``status: restarting`` here: on iopub it means the server restarted a kernel that died
+    # (jupyter_server sends it from its auto-restarter only), and JupyterLab answers it with a
+    # "The kernel appears to have died" dialog. A client that asked for the restart knows.
     hub.drop_queued(session_id)
     settings = services.settings
     # The ladder's worst case (interrupt, SIGINT, kill) plus a margin for the replacement.
@@ -363,11 +365,19 @@ class KernelChannels:
             return
         tag = kernel_session_tag(session)
         self.publish_status("busy", msg.header, tag)
+        state_lost = False
         if msg.msg_type == "execute_request":
-            await self._execute(session, msg)
+            state_lost = await self._execute(session, msg)
         else:
             await self._passthrough(session, msg)
-        self.publish_status("idle", msg.header, kernel_session_tag(session))
+        tag = kernel_session_tag(session)
+        self.publish_status("idle", msg.header, tag)
+        if state_lost:
+            # The kernel died (or was replaced) and the session has a fresh one: Jupyter's word
+            # for that is ``status: restarting`` without a parent, what jupyter_server's
+            # auto-restarter sends, so every client of the kernel drops what it knew of its state
+            # (JupyterLab says the kernel died and reconnects).
+            self._hub.status(self.session_id, "restarting", tag)
 
     async def _reserve(self) -> SessionEntry:
         """Wait for the session to be free (another websocket's cell, a /v1 execution), then take it."""
@@ -397,7 +407,8 @@ class KernelChannels:
                 content["debugger"] = False
         self._reply(msg, reply_type, content, tag=kernel_session_tag(session))
 
-    async def _execute(self, session: SessionEntry, msg: JupyterMessage) -> None:
+    async def _execute(self, session: SessionEntry, msg: JupyterMessage) -> bool:
+        """Run one ``execute_request``; return whether the kernel's state was lost."""
         content = msg.content
         code = content.get("code")
         settings = self._services.settings
@@ -411,13 +422,13 @@ class KernelChannels:
         if problem is not None or not isinstance(code, str):
             session.unreserve()
             self._finish_refused(msg, "InvalidRequest", problem or "")
-            return
+            return False
         try:
             slot = self._services.quotas.execution(self._owner)
         except ServiceError as exc:
             session.unreserve()
             self._finish_refused(msg, "QuotaExceeded", exc.message)
-            return
+            return False
         tag = kernel_session_tag(session)
         silent = content.get("silent") is True
         if not silent:
@@ -465,13 +476,14 @@ class KernelChannels:
             )
         except ServiceError as exc:
             self._finish_refused(msg, exc.code.value, exc.message, tag=tag)
-            return
+            return False
         finally:
             self._running = None
             self._input_pending = False
         self._finish(msg, execution, streamed, tag=kernel_session_tag(session), shown=not silent)
         if execution.status is not ExecutionStatus.OK and content.get("stop_on_error", True) is not False:
             self._abort_queued()
+        return execution.state_lost
 
     def _finish(
         self, msg: JupyterMessage, execution: Execution, streamed: dict[str, int], *, tag: str, shown: bool
