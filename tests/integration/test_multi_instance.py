@@ -6,6 +6,7 @@ its node name; after the test no container of any of them is left."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
 import tempfile
@@ -19,7 +20,17 @@ import pytest
 from execbox._models import ErrorEnvelope, Info
 from tests.support.server import LocalServer, start_server
 
-SETTINGS = {"min_ready": "1", "max_total": "3", "max_starting": "1", "batch_min_workers": "0"}
+SETTINGS = {
+    "min_ready": "1",
+    "max_total": "3",
+    "max_starting": "1",
+    "batch_min_workers": "0",
+    "kernel_start_timeout_s": "90",
+}
+# Node names are unique among the live instances on an engine (a start with a live one's name is
+# refused): a suffix of their own, so another test's instances on the same engine never collide.
+SUFFIX = secrets.token_hex(3)
+NODE_A, NODE_B = f"node-a-{SUFFIX}", f"node-b-{SUFFIX}"
 
 
 def containers(instance: str, *, status: str | None = None) -> set[str]:
@@ -70,19 +81,19 @@ def test_two_instances_on_one_engine_keep_their_sessions_through_each_others_cra
     servers: list[LocalServer] = []
     instances: list[str] = []
     try:
-        b = start(tmp_path / "b.log", dir_b, "node-b")
+        b = start(tmp_path / "b.log", dir_b, NODE_B)
         servers.append(b)
         session_b = new_session(b, 2)
-        a = start(tmp_path / "a.log", dir_a, "node-a")  # started second: its reaper meets b's live kernels
+        a = start(tmp_path / "a.log", dir_a, NODE_A)  # started second: its reaper meets b's live kernels
         servers.append(a)
         info_a, info_b = info(a), info(b)
         instances += [info_a.instance_id, info_b.instance_id]
-        assert (info_a.node, info_b.node) == ("node-a", "node-b")
-        assert info_a.image.id and info_a.image.id == info_b.image.id
+        assert (info_a.node, info_b.node) == (NODE_A, NODE_B)
+        assert info_a.image.id and info_a.image.id.startswith("sha256:")
         assert run(b, session_b, "print(x + 40)")["stdout"] == "42\n"
         session_a = new_session(a, 1)
-        assert session_a.endswith(".node-a") and session_b.endswith(".node-b")
-        assert httpx.get(b.url + "/healthz").headers["x-execbox-node"] == "node-b"
+        assert session_a.endswith(f".{NODE_A}") and session_b.endswith(f".{NODE_B}")
+        assert httpx.get(b.url + "/healthz").headers["x-execbox-node"] == NODE_B
 
         # A request for b's session sent to a is refused as such; it never becomes a new session.
         misrouted = httpx.post(f"{a.url}/v1/sessions/{session_b}/execute", json={"code": "x"}, timeout=30)
@@ -99,7 +110,7 @@ def test_two_instances_on_one_engine_keep_their_sessions_through_each_others_cra
         assert run(b, session_b, "print(x + 40)")["stdout"] == "42\n"
 
         # Restarted with its state dir: its lock is found free, so its containers go; b's stay.
-        a = start(tmp_path / "a2.log", dir_a, "node-a")
+        a = start(tmp_path / "a2.log", dir_a, NODE_A)
         servers.append(a)
         instances.append(info(a).instance_id)
         assert not containers(info_a.instance_id), "the dead predecessor's containers survived the restart"
@@ -113,7 +124,7 @@ def test_two_instances_on_one_engine_keep_their_sessions_through_each_others_cra
         assert containers(previous)
         a.stop(signal.SIGKILL)
         shutil.rmtree(dir_a)
-        a = start(tmp_path / "a3.log", dir_a, "node-a")
+        a = start(tmp_path / "a3.log", dir_a, NODE_A)
         servers.append(a)
         instances.append(info(a).instance_id)
         assert not containers(previous), "containers of this node's previous incarnation survived"
