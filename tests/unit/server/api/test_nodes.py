@@ -100,7 +100,8 @@ async def test_without_a_node_name_no_header_is_sent() -> None:
 async def test_info_describes_the_instance_without_a_key() -> None:
     settings = fast_settings(node_name="node-a", api_keys=KEY, max_sessions=7, batch_lanes=3)
     async with served(settings) as srv:
-        assert (await srv.http.get("/v1/sessions")).status_code == 401
+        refused = await srv.http.get("/v1/sessions")
+        assert refused.status_code == 401 and refused.headers["x-execbox-node"] == "node-a"
         await srv.http.post("/v1/sessions", json={}, headers=AUTH)
         answer = await srv.http.get("/v1/info")
         assert answer.status_code == 200
