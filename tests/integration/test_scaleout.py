@@ -27,7 +27,9 @@ SETTINGS = {
     "min_ready": "1",
     "max_total": "6",
     "max_starting": "1",
+    # Two requests of the batch reach each node at once: one worker each, none waits for the other.
     "batch_workers": "2",
+    "batch_lanes": "1",
     "batch_min_workers": "0",
     "batch_idle_s": "20",
     "interrupt_grace_s": "1.5",

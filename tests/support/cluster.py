@@ -71,7 +71,11 @@ def ensure_haproxy() -> str:
     if os.geteuid() != 0:
         raise RuntimeError("haproxy is not installed: apt-get install haproxy")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, env=env, stdout=subprocess.DEVNULL)
+    install = ["apt-get", "install", "-y", "-qq", "haproxy"]
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(install, check=True, env=env, stdout=subprocess.DEVNULL)
     return "/usr/sbin/haproxy"
 
 
