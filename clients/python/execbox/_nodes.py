@@ -380,6 +380,7 @@ class Spread:
     max_failovers: int
     open: list[Lane] = field(default_factory=list)
     failovers: int = 0
+    stash: list[JobResult] = field(default_factory=list)
     window: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -396,7 +397,13 @@ class Spread:
         candidates = self.nodes.batch_nodes()
         if not candidates and not self.open:
             # Every node is down or refusing: try the likeliest; its failure counts as a failover.
-            candidates = [self.nodes.pick()]
+            try:
+                candidates = [self.nodes.pick()]
+            except APIConnectionError as exc:  # no node at all (a dns+ name resolving to nothing)
+                chunk = self.run.next_chunk()
+                if chunk is not None:
+                    self.stash.extend(self.run.failed(chunk, exc))
+                return started
         for node in candidates:
             slots = 1 if self.concurrency is not None else node.slots
             while sum(1 for lane in self.open if lane.node is node) < slots and self._window_open():
@@ -410,7 +417,9 @@ class Spread:
         return started
 
     def ready(self) -> list[JobResult]:
-        return self.run.ready()
+        """Results made without a node: jobs refused for their size, or a batch with no node to go to."""
+        ready, self.stash = self.stash + self.run.ready(), []
+        return ready
 
     def accept(self, lane: Lane, result: JobResult) -> list[JobResult]:
         """A result streamed by ``lane``, with its input index (nothing from a lane given up on)."""

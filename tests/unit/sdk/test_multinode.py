@@ -535,6 +535,9 @@ async def test_the_async_client_discovers_by_dns_too_and_says_when_a_name_resolv
     async with cluster.async_client("dns+http://empty.test:8000") as client:
         with pytest.raises(APIConnectionError, match="resolved to no address"):
             await client.run("x")
+        out = await client.map(["a", "b"])  # a batch's outage is data, as on one node
+        assert [e.status for e in out] == [ExecutionStatus.SANDBOX_LOST] * 2
+        assert "resolved to no address" in (out[0].message or "")
 
 
 def test_a_discovery_url_must_name_http_and_a_host() -> None:
