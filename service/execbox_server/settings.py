@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     max_total: int = Field(16, ge=1, description="Most kernels alive at once (ready + starting + leased).")
     max_starting: int = Field(2, ge=1, description="Most kernels starting at once.")
     acquire_timeout_s: float = Field(4.0, ge=0, description="How long a request waits for a free kernel.")
-    kernel_start_timeout_s: float = Field(30.0, gt=0)
+    # A deadline for a hung start, not a slow one: spares boot at a low CPU weight so they yield
+    # to live sessions, and on a busy 2-core machine (load 15) a boot measured over 30 s of wall
+    # time for ~1.2 s of CPU. Too short a deadline there discards kernels that were nearly ready.
+    kernel_start_timeout_s: float = Field(
+        120.0, gt=0, description="A kernel (or batch worker) not ready by then is discarded."
+    )
 
     # --- executions
     default_timeout_s: float = Field(30.0, gt=0, description="Execution timeout when a request gives none.")
