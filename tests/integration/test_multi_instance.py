@@ -25,7 +25,6 @@ SETTINGS = {
     "max_total": "3",
     "max_starting": "1",
     "batch_min_workers": "0",
-    "kernel_start_timeout_s": "90",
 }
 # Node names are unique among the live instances on an engine (a start with a live one's name is
 # refused): a suffix of their own, so another test's instances on the same engine never collide.
