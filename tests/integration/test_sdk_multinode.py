@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from execbox import Client, SessionNotFoundError
+from execbox import AsyncClient, Client, SessionNotFoundError
 from execbox._codes import ErrorReason
 from tests.conftest import docker_ok, execbox_containers, instance_of
 from tests.support.server import LocalServer
@@ -162,6 +162,20 @@ def test_a_map_is_split_over_the_nodes_and_returns_every_result_in_order(nodes: 
     ran = {n.name: n.batch_jobs() - before[n.name] for n in nodes}
     assert all(count > 0 for count in ran.values()), ran  # every node ran part of it
     assert sum(ran.values()) == len(codes), ran  # and no job ran twice
+
+
+async def test_the_async_client_keeps_sessions_on_their_node_and_spreads_a_map_too(nodes: list[Instance]) -> None:
+    before = {n.name: n.batch_jobs() for n in nodes}
+    async with AsyncClient([n.url for n in nodes], timeout=120, max_retries=RETRIES) as client:
+        async with client.session() as session:
+            home = next(n for n in nodes if n.url == session.base_url)
+            assert session.id.endswith("." + home.name)
+            for i in range(5):
+                assert (await session.run(f"n = {i} if {i} == 0 else n + 1; n")).text == str(i)
+        out = await client.map([f"{i} - 1" for i in range(200)])
+    assert [e.text for e in out] == [str(i - 1) for i in range(200)]
+    ran = {n.name: n.batch_jobs() - before[n.name] for n in nodes}
+    assert all(count > 0 for count in ran.values()) and sum(ran.values()) == 200, ran
 
 
 def test_kill_9_of_one_node_loses_its_sessions_explicitly_and_reruns_its_chunks_elsewhere(

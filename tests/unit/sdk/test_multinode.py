@@ -24,6 +24,7 @@ from execbox import (
     ErrorCode,
     ExecutionStatus,
     JobStatus,
+    PoolExhaustedError,
     SessionNotFoundError,
 )
 from execbox import _nodes as nodes_module
@@ -249,6 +250,30 @@ def test_a_node_killed_during_a_call_reports_the_session_lost_but_a_blip_stays_a
         with pytest.raises(SessionNotFoundError) as lost:
             sessions["node-c"].run("x")
         assert lost.value.reason == "node_unavailable"
+
+
+def test_a_session_call_refused_by_its_busy_node_is_retried_there_and_never_sent_elsewhere() -> None:
+    cluster = three()
+    with cluster.client(max_retries=1) as client:
+        session = client.session()
+        home = cluster.nodes[session.id.partition(".")[2]]
+        original = home.answer
+        refusals = iter([envelope(503, "pool_exhausted"), envelope(503, "pool_exhausted")])
+
+        def busy(request: httpx.Request) -> httpx.Response:
+            refused = next(refusals, None) if request.url.path.endswith("/execute") else None
+            if refused is not None:
+                home.paths.append(f"{request.method} {request.url.path}")
+                refused.headers["Retry-After"] = "0"
+                return refused
+            return original(request)
+
+        home.answer = busy  # type: ignore[method-assign]
+        with pytest.raises(PoolExhaustedError):
+            session.run("x")  # refused twice: one try and one retry, both on its node
+        assert session.run("x").stdout == f"{home.name}:1"
+    executes = cluster.count(f"POST /v1/sessions/{session.id}/execute")
+    assert executes[home.name] == 3 and sum(executes.values()) == 3
 
 
 def test_the_envelopes_reason_maps_to_session_not_found_whatever_status_a_proxy_sends() -> None:
