@@ -169,7 +169,9 @@ class ClientCore:
     # ------------------------------------------------------------------ several nodes
 
     def answered(self, node: Node, response: httpx.Response) -> None:
-        """Learn ``node``'s name from the header every named instance sends, then check the answer."""
+        """``node`` answered (so it is up): learn its name from the header every named instance
+        sends, then check the answer."""
+        self.nodes.reachable(node)
         self.nodes.named_by(node, response.headers.get(NODE_HEADER))
         self.check(response)
 

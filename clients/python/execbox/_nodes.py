@@ -208,9 +208,6 @@ class NodeSet:
         """One URL: the client behaves as a single-node client always did (no probes, no spreading)."""
         return len(self.nodes) == 1 and not self.discoveries
 
-    def now(self) -> float:
-        return self._clock()
-
     # ------------------------------------------------------------------ choosing
 
     def pick(self, avoid: Collection[Node] = ()) -> Node:
@@ -317,6 +314,13 @@ class NodeSet:
             node.placed = 0
             if info is not None and info.node:
                 node.name = info.node
+
+    def reachable(self, node: Node) -> None:
+        """``node`` answered a call: whatever refused before, it is up (its load is read at the next probe)."""
+        if node.down:
+            with self._lock:
+                node.down = False
+                node.failures = 0
 
     def unclaim(self, node: Node) -> None:
         """A probe of ``node`` ended, however it ended (cancelled too): it may be claimed again."""

@@ -340,6 +340,22 @@ def test_a_node_that_refused_connections_is_probed_again_later_and_used() -> Non
     assert a not in nodes.due()
 
 
+def test_a_node_that_answers_a_call_is_up_again_so_a_later_cut_is_probed_not_called_a_loss() -> None:
+    cluster = three()
+    with cluster.client() as client:
+        session = client.session()
+        home = cluster.nodes[session.id.partition(".")[2]]
+        home.alive = False
+        with pytest.raises(SessionNotFoundError):
+            session.run("x")  # refused: lost, as far as the client can tell
+        home.alive = True  # it was a blip after all (the session is still there)
+        assert session.run("x").stdout == f"{home.name}:1"
+        home.reset_next = "blip"
+        with pytest.raises(APIConnectionError) as cut:
+            session.run("x")
+        assert not isinstance(cut.value, SessionNotFoundError)  # a probe found it up
+
+
 def test_one_url_never_probes_and_sends_exactly_what_it_always_did() -> None:
     seen: list[str] = []
 
