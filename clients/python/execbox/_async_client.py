@@ -62,7 +62,7 @@ class AsyncClient:
 
     @property
     def base_urls(self) -> list[str]:
-        """Every node's URL, as given."""
+        """Every node's URL (with a ``dns+`` URL, the nodes its name resolved to last)."""
         return [node.url for node in self._core.nodes.nodes]
 
     async def close(self) -> None:

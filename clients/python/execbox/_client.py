@@ -49,7 +49,9 @@ class Client:
             default ``$EXECBOX_URL`` (commas separate several) or ``http://127.0.0.1:8000``.
             With several, each session stays on the node that created it, one-shot runs and
             new sessions go to the least-loaded healthy node, and ``map``/``batch`` spread their
-            chunks over the nodes (see :mod:`execbox._nodes`).
+            chunks over the nodes (see :mod:`execbox._nodes`). ``dns+http://name:port`` stands
+            for every address ``name`` resolves to (a Kubernetes headless Service), resolved again
+            every 30 s.
         api_key: bearer key; default ``$EXECBOX_API_KEY``.
         timeout: seconds for ordinary calls; execute calls wait for the execution's own
             timeout plus a margin for the server's timeout ladder.
@@ -79,7 +81,7 @@ class Client:
 
     @property
     def base_urls(self) -> list[str]:
-        """Every node's URL, as given."""
+        """Every node's URL (with a ``dns+`` URL, the nodes its name resolved to last)."""
         return [node.url for node in self._core.nodes.nodes]
 
     def close(self) -> None:
