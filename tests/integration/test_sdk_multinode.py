@@ -201,8 +201,9 @@ def test_kill_9_of_one_node_loses_its_sessions_explicitly_and_reruns_its_chunks_
         assert [e.text for e in out] == [str(i * 3) for i in range(300)]  # all right, in order, once each
         rerun = sum(n.batch_jobs() - before[n.name] for n in survivors)
         # The survivors ran everything the victim had not finished when it died: its chunks moved.
-        # (Each of its 2 lanes may have finished one more job between the metrics read and the kill.)
-        assert rerun >= len(codes) - done_by_victim - 2
+        # (Each of its 2 lanes may have finished a job or three between the metrics read and the kill
+        # on a loaded machine; a job that was not rerun would also show as a wrong result above.)
+        assert rerun >= len(codes) - done_by_victim - 6
         assert done_by_victim < len(codes) / 2
 
         with pytest.raises(SessionNotFoundError) as lost:
