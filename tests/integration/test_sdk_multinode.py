@@ -148,6 +148,9 @@ def test_sessions_keep_their_kernel_on_their_node_and_new_sessions_spread(nodes:
                 assert session.run("home").text == repr(node.url)
                 listed = httpx.get(node.url + "/v1/sessions", timeout=30).json()
                 assert [s["id"] for s in listed] == [session.id]  # held by its node, by no other
+                assert client.sessions.get(session.id).execution_count == 22  # found by the node in its id
+                bare = session.id.partition(".")[0]  # an id without its node: each node is asked in turn
+                assert client.sessions.get(bare).id == session.id
         finally:
             for session in sessions:
                 session.close()
