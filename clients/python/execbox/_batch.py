@@ -377,7 +377,8 @@ def same(result: JobResult) -> JobResult:
 class Reorder:
     """Results released in input order as soon as every earlier input has one; holds only the early ones.
 
-    Chunks run one after another, so what waits here is at most one chunk's results.
+    Chunks run one after another, so what waits here is at most one chunk's results; with
+    several nodes, at most the spread's window (:class:`~execbox._nodes.Spread`).
     """
 
     def __init__(self) -> None:

@@ -167,7 +167,8 @@ class Client:
         memory_mb: int | None = None,
     ) -> Iterator[Execution]:
         """:meth:`map` as an iterator: each Execution in input order as soon as it and those before it are
-        done. Neither the inputs nor the results are held beyond one chunk, whatever their number.
+        done. Neither the inputs nor the results are held beyond one chunk, whatever their number
+        (with several nodes, beyond a window of a few rounds of chunks over all of them).
         """
         jobs = map_jobs(codes, timeout_s=timeout_s, memory_mb=memory_mb)
         reorder = Reorder()
