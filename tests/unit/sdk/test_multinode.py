@@ -448,6 +448,47 @@ def test_a_spread_stops_reading_inputs_while_one_slow_node_holds_the_oldest_jobs
     assert run.read < 100_000
 
 
+def test_a_stuck_node_stops_the_client_reading_inputs_at_its_window_until_it_answers() -> None:
+    cluster = three()
+    stuck, release = cluster.nodes["node-a"], threading.Event()
+    answer = stuck.batch
+
+    def hold(request: httpx.Request) -> httpx.Response:
+        content = answer(request).content
+
+        def body() -> Iterator[bytes]:
+            release.wait(60)  # in the lane's thread, outside the cluster's lock
+            yield content
+
+        return httpx.Response(200, content=body())
+
+    stuck.batch = hold  # type: ignore[method-assign]
+    read = [0]
+    at_release: list[int] = []
+
+    def inputs() -> Iterator[str]:
+        for i in range(10_000):
+            read[0] += 1
+            yield f"c{i}"
+
+    def let_go() -> None:
+        at_release.append(read[0])
+        release.set()
+
+    timer = threading.Timer(1.0, let_go)  # long enough for the others to run far past any window
+    timer.start()
+    try:
+        with cluster.client() as client:
+            results = sum(1 for _ in client.batch_stream(inputs()))
+    finally:
+        release.set()
+        timer.cancel()
+    assert results == 10_000
+    # node-a held the oldest jobs: the others ran ahead by the window (2,000 here) and one round of
+    # chunks over the nodes (3 x 2 x 32), no more; without the window they read 4,896 in that second.
+    assert at_release[0] <= 2_000 + 3 * 2 * 32, at_release
+
+
 def _result(index: int) -> Any:
     from execbox import JobResult
 
