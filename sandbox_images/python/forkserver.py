@@ -56,7 +56,19 @@ from dataclasses import replace
 from typing import Any, NoReturn, TypedDict
 
 # Beside this file in the image: the SDK's typed values (execbox/_values.py), the same file.
-from execbox_values import ORACLES, EvalPlusJudge, decode_value, encode_value, truncated
+from execbox_values import (
+    MAX_VALUE_BYTES,
+    ORACLES,
+    EvalPlusJudge,
+    decode_value,
+    digest_encoding,
+    digest_value,
+    encode_allowance_s,
+    encode_value,
+    encoded_size,
+    expected_size,
+    truncated,
+)
 
 # Beside this file in the image (/opt/execbox, on sys.path as the script's directory).
 from worker_protocol import (
@@ -288,13 +300,14 @@ def _compile_with_value(source: str, filename: str = "<job>") -> tuple[Any, Any]
 
 def _report(result_fd: int, record: dict[str, Any], *, typed: bool = False) -> None:
     try:
-        data = (json.dumps(record) + "\n").encode("utf-8", "replace")
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8", "replace")
     except (TypeError, ValueError, RecursionError):
         data = b""
     if len(data) > MAX_RECORD_BYTES and record.get("kind") == "test":
+        # A typed value too big for a record travels as its digest (the server compares digests).
         too_big = f"<a value of {len(data)} bytes: more than a test value may have>"
-        record = {**record, "actual": truncated(len(data)) if typed else too_big}
-        data = (json.dumps(record) + "\n").encode("utf-8", "replace")
+        record = {**record, "actual": digest_encoding(record.get("actual")) if typed else too_big}
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8", "replace")
     if not data or len(data) > MAX_RECORD_BYTES:
         return
     view = memoryview(data)
@@ -566,7 +579,7 @@ def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
         missing = f"no function {entry!r}" if entry else "test cases need an entry_point"
         _report(result_fd, {"kind": "error", "error": {"name": "NameError", "value": missing}})
         return 1
-    encode = encode_value if evalplus else _jsonable
+    encode = _typed if evalplus else _jsonable
     _report(result_fd, {"kind": "ready"})
     for index, raw in enumerate(tests["inputs"]):
         per_test = tests["timeouts"][index]
@@ -592,6 +605,18 @@ def _run_tests(job: ChildJob, tests: ChildTests, result_fd: int) -> int:
         outcome["duration_ms"] = round(duration * 1000, 3)
         _report(result_fd, outcome, typed=evalplus)
     return 0  # the program ran; each outcome says whether its test passed
+
+
+def _typed(value: Any) -> Any:
+    """The typed encoding of a returned value, or its digest when the encoding would not fit a
+    record. A long list or tuple is sized a slice at a time first, so a 300 MB output is never
+    encoded whole (digest_value hashes it a slice at a time); a smaller value that still does not
+    fit is digested by _report."""
+    if isinstance(value, list | tuple):
+        size = list.__len__(value) if isinstance(value, list) else tuple.__len__(value)
+        if size >= 1024 and encoded_size(value, MAX_VALUE_BYTES) is None:
+            return digest_value(value)
+    return encode_value(value)
 
 
 class _NoInput(io.StringIO):
@@ -1127,6 +1152,7 @@ class _Verdicts:
         self.next = 0  # the first case not judged yet
         self.clock: float | None = None  # when the next case's time started (the server's clock)
         self.overran: int | None = None  # the case the server's clock ended
+        self.allowances: dict[int, float] = {}  # time to encode each case's value, by its expected size
 
     def ready(self, now: float) -> None:
         """The solution ran: the first case's time starts."""
@@ -1138,7 +1164,16 @@ class _Verdicts:
         if self.clock is None or self.next >= self.count or self._done():
             return None
         limit = self.limits[self.next]
-        return self.clock + limit + _case_grace(limit)
+        return self.clock + limit + _case_grace(limit) + self._allowance(self.next)
+
+    def _allowance(self, index: int) -> float:
+        """The time a right answer takes to encode (and hash) after its call: from the size of the
+        expected value, which the job cannot inflate (a collect job has none: its limit is loose)."""
+        if not self.typed or self.collect or index >= len(self.cases):
+            return 0.0
+        if index not in self.allowances:
+            self.allowances[index] = encode_allowance_s(expected_size(self.cases[index].expected))
+        return self.allowances[index]
 
     def overrun(self) -> None:
         """The case running now passed its :meth:`deadline`: it timed out, the job is stopped."""
@@ -1156,6 +1191,7 @@ class _Verdicts:
 
     def add(self, record: dict[str, Any], size: int, now: float) -> bool:
         """Take one record; True when the job should be stopped (its first failure, if asked)."""
+        started = time.monotonic()
         index = record.get("index")
         if type(index) is not int or not 0 <= index < self.count or index in self.records or index < self.next:
             return False
@@ -1163,11 +1199,15 @@ class _Verdicts:
         if record.get("status") not in allowed:
             return False  # a claim no harness makes (a case "passed"): ignored, the case still needs its record
         self.records[index] = (record, size)
-        if index == self.next:
-            self.clock = now  # the next case's time starts when this one's result arrived
+        judged = False
         while self.next in self.records and not self._done():
             self._judge(self.next, *self.records.pop(self.next))
             self.next += 1
+            judged = True
+        if judged:
+            # The next case's time starts when this one's result arrived, plus the time judging
+            # it took here (an 8 MB value takes a while): that time is the server's, not the job's.
+            self.clock = now + (time.monotonic() - started)
         return self._done()
 
     def _judge(self, index: int, record: dict[str, Any], size: int) -> None:
@@ -1473,11 +1513,13 @@ class _Server:
                 break
             case_deadline = records.verdicts.deadline() if records.verdicts is not None and not exited else None
             if case_deadline is not None:
-                if now >= case_deadline:
+                # Past the deadline with nothing waiting on the pipe: the case overran. A record
+                # that arrived while the previous one was judged is read first.
+                if now >= case_deadline and not (res_r in open_fds and select.select([res_r], [], [], 0)[0]):
                     records.verdicts.overrun()  # type: ignore[union-attr]
                     stopped = True
                     break
-                remaining = min(remaining, case_deadline - now)
+                remaining = max(0.0, min(remaining, case_deadline - now))
             wfds = [in_w] if in_w >= 0 and stdin else []
             rfds = list(open_fds) + ([] if exited else [pidfd])
             readable, writable, _ = select.select(rfds, wfds, [], min(remaining, 1.0) if not exited else 0.02)

@@ -32,7 +32,9 @@ import httpx
 import pytest
 
 from execbox import Client
+from execbox._values import MAX_VALUE_BYTES
 from execbox.evals import Dataset, PlusDataset, compute_groundtruth, evaluate_plus, load_evalplus
+from execbox.evals.groundtruth import GroundTruthError
 
 EVALPLUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "evalplus"
 RELEASES = {
@@ -229,6 +231,65 @@ def test_humaneval_32_root_is_judged_by_its_oracle_where_evalplus_031_fails_ever
     wrong = task.prompt + "    return 0.5\n"
     report = evaluate_plus(client, data, [{"task_id": "HumanEval/32", "solution": wrong}])
     assert report.base_pass_at_k == {"pass@1": 0.0}
+
+
+# ---------------------------------------------------------------- outputs bigger than a record
+
+# Mbpp/255's plus input 85 returns 1,663,740 rows (~1 GB encoded) and needs EvalPlus's 4 GiB: the
+# full datasets run it in bench/evalplus.py. Here its four inputs of ~80,000 rows (38 MB each).
+MBPP_255_HUGE_INPUT = 85
+
+
+def mbpp_255_without_its_huge_input(path: Path) -> Path:
+    with gzip.open(releases()[Dataset.MBPP], "rt", encoding="utf-8") as fh:
+        [record] = [json.loads(line) for line in fh if json.loads(line)["task_id"] == "Mbpp/255"]
+    del record["plus_input"][MBPP_255_HUGE_INPUT]
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return path
+
+
+def test_outputs_bigger_than_a_record_are_compared_by_their_digest(client: Client, tmp_path: Path, cache: Path) -> None:
+    humaneval = load_evalplus(
+        Dataset.HUMANEVAL, str(subset_file(Dataset.HUMANEVAL, ["HumanEval/100"], tmp_path / "100.jsonl"))
+    )
+    mbpp = load_evalplus(Dataset.MBPP, str(mbpp_255_without_its_huge_input(tmp_path / "255.jsonl")))
+    # HumanEval/100's largest output (1,000,000 numbers, 8 MB) still travels whole; Mbpp/255's don't.
+    wrong = {
+        "HumanEval/100": "def make_a_pile(n):\n    return [n + 2 * i for i in range(n)] + ([0] if n > 1000 else [])\n",
+        "Mbpp/255": (
+            "from itertools import combinations_with_replacement\n"
+            "def combinations_colors(l, n):\n"
+            "    rows = list(combinations_with_replacement(l, n))\n"
+            "    return rows if len(rows) < 10000 else rows[::-1]\n"
+        ),
+    }
+    for data in (humaneval, mbpp):
+        truth = compute_groundtruth(client, data, directory=cache, memory_mb=1024)
+        [(task_id, task)] = data.tasks.items()
+        digests = [e for e in truth.suite(task_id, "plus").expected if isinstance(e, dict) and "$digest" in e]
+        assert len(digests) == (0 if task_id == "HumanEval/100" else 4), task_id
+        assert all(d["bytes"] > MAX_VALUE_BYTES for d in digests), digests
+        # Some rows hold floats, and still EvalPlus compares them with == alone (the task's atol is 0
+        # and no output is a float or a list of floats), which a digest does (but for 1 == 1.0).
+        assert task.atol == 0
+        samples = [{"task_id": task_id, "solution": task.reference}, {"task_id": task_id, "solution": wrong[task_id]}]
+        # Limits far from EvalPlus's 1 s floor: what is tested is the comparison, on a busy machine.
+        report = evaluate_plus(client, data, samples, groundtruth=truth, memory_mb=1024, min_time_limit=5)
+        right, bug = report.samples
+        assert right.base_passed and right.plus_passed, (right.base.failure, right.plus and right.plus.failure)
+        assert bug.base_passed and not bug.plus_passed
+        assert bug.plus is not None and bug.plus.failure is not None
+        assert bug.plus.failure.category == "wrong answer", bug.plus.failure
+        assert len(str(bug.plus.fail_inputs)) < 1000  # the input that failed, not the output
+
+
+def test_an_output_bigger_than_the_job_memory_is_reported_and_the_service_goes_on(
+    client: Client, tmp_path: Path, cache: Path
+) -> None:
+    data = load_evalplus(Dataset.MBPP, str(subset_file(Dataset.MBPP, ["Mbpp/255"], tmp_path / "255.jsonl")))
+    with pytest.raises(GroundTruthError, match=r"out of memory on Mbpp/255 plus input 85 \(memory_mb=512\).*4096"):
+        compute_groundtruth(client, data, directory=cache, memory_mb=512)
+    assert client.run("print(6 * 7)").stdout == "42\n"
 
 
 # ---------------------------------------------------------------- the HTML report in a browser

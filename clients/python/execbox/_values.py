@@ -16,6 +16,14 @@ The encoding is JSON with ``$``-tagged objects for what JSON cannot say::
     bytes, bytearray           {"$bytes": base64}, {"$bytearray": base64}
     anything else              {"$repr": "...", "$type": "module.Name"}: an Opaque, equal to nothing
     a value cut for size       {"$truncated": bytes}: an Opaque too
+    a value too big to send    {"$digest": "sha256:<hex>", "bytes": n, "floats": bool}: a Digest
+
+A value whose encoding is bigger than a record may be (``MAX_VALUE_BYTES``, under the worker's
+8 MiB record cap) does not travel: its :func:`digest_value` does — the SHA-256 of its canonical
+encoding (compact JSON, the items of sets and dicts sorted by their own canonical text, so the
+digest does not depend on hash order). Two digests are equal exactly when the encodings are:
+exact equality, where EvalPlus's ``==`` would also take ``1 == 1.0`` and a float tolerance
+(``floats`` says whether the value holds any float, so a caller can tell when that matters).
 
 Subclasses of these (namedtuple, Counter, OrderedDict, IntEnum, numpy.float64) travel as their
 base type's value, numpy scalars as their Python value: what EvalPlus's ``out == exp`` compares.
@@ -31,19 +39,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import itertools
+import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Literal, get_args
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_VALUE_BYTES",
     "ORACLES",
+    "Digest",
     "EvalPlusJudge",
     "Opaque",
     "Oracle",
     "decode_value",
+    "digest_encoding",
+    "digest_value",
+    "encode_allowance_s",
     "encode_value",
+    "encoded_size",
+    "expected_size",
     "truncated",
 ]
 
@@ -51,7 +69,15 @@ MAX_DEPTH: Final = 100  # nesting of an encoded value (deeper ones are an Opaque
 MAX_INT_BITS: Final = 13_000  # ~3900 digits: below CPython's int <-> str limit (4300 digits)
 MAX_REPR: Final = 1000  # characters of an Opaque's repr
 MAX_NESTED_SET: Final = 10_000  # elements of a frozenset inside an actual set's element (hashed)
+# The largest encoding (compact JSON) a returned value travels as; a bigger one travels as its
+# digest. Under the fork server's 8 MiB record cap, with room for the record around the value.
+MAX_VALUE_BYTES: Final = 8 * 1024 * 1024 - 64 * 1024
 _HEX = re.compile(r"-?0x[0-9a-f]+\Z")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_COMPACT: Final = (",", ":")
+# Lists and tuples at least this long are encoded and hashed a slice at a time (never whole).
+_STREAM_MIN = 1024
+_STREAM_SLICE = 512
 _FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 Oracle = Literal["set_equal", "not_none", "returns", "polynomial_root", "truthy", "falsy", "is"]
@@ -77,6 +103,36 @@ class Opaque:
 
     def __repr__(self) -> str:
         return f"Opaque({self.type!r}, {self.repr!r})"
+
+
+class Digest:
+    """A value known by its digest only (:func:`digest_value`): equal to a Digest of the same hash.
+
+    ``size``: bytes of the canonical encoding; ``floats``: whether the value holds a float (or a
+    complex), where a digest cannot apply a tolerance.
+    """
+
+    __slots__ = ("floats", "sha256", "size")
+
+    def __init__(self, sha256: str, size: int, floats: bool) -> None:
+        self.sha256 = sha256
+        self.size = size
+        self.floats = floats
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and other.sha256 == self.sha256
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"Digest({self.sha256!r}, {self.size}, floats={self.floats})"
+
+    def encode(self) -> dict[str, Any]:
+        return {"$digest": self.sha256, "bytes": self.size, "floats": self.floats}
 
 
 def truncated(size: int) -> dict[str, int]:
@@ -106,9 +162,11 @@ def _encode(value: Any, depth: int) -> Any:
         if kind is float:
             return _float(value)
         if kind is list:
-            return [_encode(v, depth + 1) for v in value]
+            plain = _plain(value)
+            return plain if plain is not None else [_encode(v, depth + 1) for v in value]
         if kind is tuple:
-            return {"$tuple": [_encode(v, depth + 1) for v in value]}
+            plain = _plain(value)
+            return {"$tuple": plain if plain is not None else [_encode(v, depth + 1) for v in value]}
         if kind is dict:
             return {"$dict": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
         if kind is set or kind is frozenset:
@@ -119,6 +177,26 @@ def _encode(value: Any, depth: int) -> Any:
         return {"$repr": "<a value nested too deeply>", "$type": kind.__name__[:200]}
     except Exception as exc:  # a hostile __iter__ or __repr__: the type still says what it was
         return {"$repr": f"<could not encode: {type(exc).__name__}>", "$type": _type_name(kind)}
+
+
+_PLAIN: Final = frozenset({str, bool, type(None)})
+
+
+def _plain(items: list[Any] | tuple[Any, ...]) -> list[Any] | None:
+    """``items`` as a list when every item encodes as itself (str, bool, None, small int, finite
+    float), checked at C speed: a million-item output is not walked in Python; else None."""
+    kinds = set(map(type, items))
+    if not kinds <= _PLAIN | {int, float}:
+        return None
+    if int in kinds:
+        ints = [v for v in items if type(v) is int] if len(kinds) > 1 else items
+        if max(ints).bit_length() > MAX_INT_BITS or min(ints).bit_length() > MAX_INT_BITS:
+            return None
+    if float in kinds:
+        floats = [v for v in items if type(v) is float] if len(kinds) > 1 else items
+        if not all(map(math.isfinite, floats)):
+            return None
+    return list(items)
 
 
 def _encode_other(value: Any, depth: int) -> Any:
@@ -173,6 +251,142 @@ def _float(value: float) -> Any:
     return {"$float": "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"}
 
 
+# ----------------------------------------------------------------------------- size and digest
+
+
+# Encoding a returned value, sending it and reading it back takes time after the call, outside its
+# time limit (EvalPlus compares after its alarm too). The worker's clock grants a case this much
+# more, from the size of the *expected* value (the requester's word, not the job's): a value sent
+# whole is encoded, written and parsed (~3 MB/s on a busy machine), a bigger one only hashed.
+ENCODE_S_PER_BYTE: Final = 3e-7
+DIGEST_S_PER_BYTE: Final = 1e-7
+
+
+def encode_allowance_s(size: int) -> float:
+    """Seconds to encode (or hash) and hand over a returned value whose encoding has ``size`` bytes."""
+    if size <= 1024 * 1024:
+        return 0.0  # within the case's grace
+    whole = min(size, MAX_VALUE_BYTES)
+    return 1.0 + whole * ENCODE_S_PER_BYTE + (size - whole) * DIGEST_S_PER_BYTE
+
+
+def expected_size(expected: Any) -> int:
+    """Bytes of an expected value's encoding: a digest says it, any other is measured."""
+    if type(expected) is dict and "$digest" in expected:
+        size = expected.get("bytes")
+        return size if type(size) is int and size > 0 else 0
+    try:
+        return len(json.dumps(expected, separators=_COMPACT))
+    except (TypeError, ValueError, RecursionError):
+        return 0
+
+
+def encoded_size(value: Any, limit: int) -> int | None:
+    """Bytes of ``value``'s encoding as compact JSON, or None once it is over ``limit`` (a long
+    list or tuple is encoded a slice at a time, and given up on as soon as it is too big)."""
+    size = 0
+    for chunk in _chunks(value, 0, canonical=False):
+        size += len(chunk)
+        if size > limit:
+            return None
+    return size
+
+
+def digest_value(value: Any) -> dict[str, Any]:
+    """The digest of ``value``'s canonical encoding: ``{"$digest": "sha256:...", "bytes": n,
+    "floats": bool}``. A long list or tuple is encoded and hashed a slice at a time, so memory
+    stays within a slice's encoding beside the value itself."""
+    digest = hashlib.sha256()
+    size = 0
+    floats = [False]
+    for chunk in _chunks(value, 0, canonical=True, floats=floats):
+        data = chunk.encode("ascii")
+        digest.update(data)
+        size += len(data)
+    return Digest(f"sha256:{digest.hexdigest()}", size, floats[0]).encode()
+
+
+def digest_encoding(data: Any) -> dict[str, Any]:
+    """:func:`digest_value` of the value ``data`` encodes, from the encoding itself (a returned
+    value that did arrive, compared with an expected value that is a digest)."""
+    canonical, floats = _canonical(data, 0)
+    text = json.dumps(canonical, separators=_COMPACT).encode("ascii")
+    return Digest(f"sha256:{hashlib.sha256(text).hexdigest()}", len(text), floats).encode()
+
+
+def _chunks(value: Any, depth: int, *, canonical: bool, floats: list[bool] | None = None) -> Iterator[str]:
+    """The compact JSON text of ``encode_value(value)`` (canonical: of its canonical form), in pieces."""
+    if depth <= MAX_DEPTH and isinstance(value, list | tuple) and _length(value) >= _STREAM_MIN:
+        # What _encode makes of a list or tuple (or a subclass), one slice at a time.
+        items = list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value)
+        yield "[" if isinstance(value, list) else '{"$tuple":['
+        first = True
+        while True:
+            part = list(itertools.islice(items, _STREAM_SLICE))
+            if not part:
+                break
+            plain = _plain(part)
+            encoded = plain if plain is not None else [_encode(item, depth + 1) for item in part]
+            if canonical:
+                encoded, has = _canonical(encoded, depth)
+                if floats is not None and has:
+                    floats[0] = True
+            text = json.dumps(encoded, separators=_COMPACT)[1:-1]
+            yield text if first else "," + text
+            first = False
+        yield "]" if isinstance(value, list) else "]}"
+        return
+    encoded = _encode(value, depth)
+    if canonical:
+        encoded, has = _canonical(encoded, depth)
+        if floats is not None and has:
+            floats[0] = True
+    yield json.dumps(encoded, separators=_COMPACT)
+
+
+def _length(value: list[Any] | tuple[Any, ...]) -> int:
+    return list.__len__(value) if isinstance(value, list) else tuple.__len__(value)
+
+
+_SCALAR_KINDS: Final = frozenset({str, bool, int, type(None)})
+
+
+def _canonical(enc: Any, depth: int) -> tuple[Any, bool]:
+    """An encoding with the items of sets and dicts in a fixed order (by their canonical text),
+    and whether it holds a float. Equal canonical encodings: equal encoded values, whatever the
+    hash order they were iterated in."""
+    if depth > MAX_DEPTH + 2:
+        return enc, False
+    kind = type(enc)
+    if kind is float:
+        return enc, True
+    if kind is list:
+        kinds = set(map(type, enc))
+        if kinds <= _SCALAR_KINDS:
+            return enc, False
+        if kinds <= _SCALAR_KINDS | {float}:
+            return enc, True
+        parts = [_canonical(v, depth + 1) for v in enc]
+        return [p for p, _ in parts], any(f for _, f in parts)
+    if kind is not dict or len(enc) != 1:
+        return enc, False  # a scalar, an Opaque ($repr), or no valid encoding: as it is
+    tag, body = next(iter(enc.items()))
+    if tag in ("$float", "$complex"):
+        return enc, True
+    if type(body) is not list or tag not in ("$tuple", "$set", "$frozenset", "$dict"):
+        return enc, False
+    items, has = _canonical(body, depth + 1)
+    if tag in ("$set", "$frozenset"):
+        items = sorted(items, key=_text)
+    elif tag == "$dict":
+        items = sorted(items, key=lambda pair: _text(pair[0]) if type(pair) is list and pair else "")
+    return {tag: items}, has
+
+
+def _text(enc: Any) -> str:
+    return json.dumps(enc, separators=_COMPACT)
+
+
 # ----------------------------------------------------------------------------- decode
 
 
@@ -204,6 +418,8 @@ def _decode(data: Any, depth: int, *, hashing: bool) -> Any:
             raise _Bad("a non-finite float outside {'$float': ...}")
         return data
     if kind is list:
+        if set(map(type, data)) <= _SCALAR_KINDS:
+            return list(data)  # a long list of numbers or strings, at C speed
         return [_decode(v, depth + 1, hashing=hashing) for v in data]
     if kind is not dict:
         raise _Bad(f"not a typed value: a {kind.__name__}")
@@ -214,6 +430,8 @@ def _decode(data: Any, depth: int, *, hashing: bool) -> Any:
         return Opaque(str(data.get("$type", "?"))[:200], body if type(body) is str else "?")
     if tag == "$truncated":
         return Opaque("truncated", f"<a value of {body} bytes, not kept>")
+    if tag == "$digest":
+        return _digest(data)
     items = _items(body)
     if tag == "$tuple":
         return tuple(_decode(v, depth + 1, hashing=hashing) for v in items)
@@ -230,10 +448,26 @@ def _decode(data: Any, depth: int, *, hashing: bool) -> Any:
 def _tag(data: dict[str, Any]) -> tuple[str, Any]:
     if "$repr" in data and len(data) == 2 and "$type" in data:
         return "$repr", data["$repr"]
+    if "$digest" in data:
+        return "$digest", data["$digest"]
     if len(data) != 1:
         raise _Bad("a tagged value must have exactly one tag")
     ((tag, body),) = data.items()
     return tag, body
+
+
+def _digest(data: dict[str, Any]) -> Digest:
+    sha, size, floats = data.get("$digest"), data.get("bytes"), data.get("floats")
+    if (
+        set(data) != {"$digest", "bytes", "floats"}
+        or type(sha) is not str
+        or not _DIGEST.match(sha)
+        or type(size) is not int
+        or size < 0
+        or type(floats) is not bool
+    ):
+        raise _Bad('$digest is not {"$digest": "sha256:<64 hex>", "bytes": n, "floats": bool}')
+    return Digest(sha, size, floats)
 
 
 def _items(body: Any) -> list[Any]:
@@ -357,6 +591,9 @@ def _equal(enc: Any, exp: Any, depth: int = 0) -> bool:
         items = _collection(enc, "[]" if kind is list else "$tuple")
         if items is None or len(items) != len(exp):
             return False
+        if set(map(type, items)) <= _SCALAR_KINDS and set(map(type, exp)) <= _SCALAR_KINDS:
+            # Strings, ints, bools and None: Python's == item by item is what _equal computes.
+            return list(items) == list(exp)
         return all(_equal(a, e, depth + 1) for a, e in zip(items, exp, strict=True))
     if kind is set or kind is frozenset:
         items = _collection(enc, "$set", "$frozenset")
@@ -435,6 +672,22 @@ def _truth(enc: Any) -> bool | None:
     return None
 
 
+def _same_digest(enc: Any, exp: Digest) -> bool:
+    """Whether the returned value (encoded, or as the job's digest of it) has ``exp``'s digest."""
+    if type(enc) is dict and "$digest" in enc:
+        try:
+            return _digest(enc) == exp
+        except _Bad:
+            return False
+    if type(enc) is dict and "$truncated" in enc:
+        return False
+    return bool(digest_encoding(enc)["$digest"] == exp.sha256)
+
+
+def _matches(enc: Any, exp: Any) -> bool:
+    return _same_digest(enc, exp) if isinstance(exp, Digest) else _equal(enc, exp)
+
+
 def _is_floats(x: Any) -> bool:
     # EvalPlus's is_floats: a float, or a non-empty list/tuple of floats.
     if isinstance(x, float):
@@ -491,13 +744,17 @@ class EvalPlusJudge:
             return _truth(out) is (oracle == "truthy")
         if oracle == "is":
             return exp in (None, True, False) and out is exp
+        if isinstance(exp, Digest):
+            # An expected value too big to send: its encoding's digest, compared exactly (no
+            # oracle, no tolerance can be applied to a hash; ``exp.floats`` says where that matters).
+            return oracle == "returns" or _same_digest(out, exp) or any(_matches(out, alt) for alt in alternatives)
         exact = oracle == "returns" or _equal(out, exp)
         if oracle == "set_equal":
             elements, expected = _elements(out), list(exp)
             exact = elements is not None and _same_set(elements, expected, 0)
         elif oracle == "not_none":
             exact = out == exp if type(out) is bool else exp == (out is not None)
-        exact = exact or any(_equal(out, alt) for alt in alternatives)
+        exact = exact or any(_matches(out, alt) for alt in alternatives)
         if self.atol == 0 and _is_floats(exp):
             self.atol = 1e-6  # EvalPlus: "enforce atol for float comparison", from here on
         if exact or self.atol == 0:

@@ -8,6 +8,7 @@ import collections
 import json
 import math
 import time
+import tracemalloc
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,7 +18,16 @@ from hypothesis import strategies as st
 
 from execbox._assertions import assertions_to_cases
 from execbox._models import TestSpec as Spec  # not collected as a test class
-from execbox._values import EvalPlusJudge, Opaque, decode_value, encode_value
+from execbox._values import (
+    Digest,
+    EvalPlusJudge,
+    Opaque,
+    decode_value,
+    digest_encoding,
+    digest_value,
+    encode_value,
+    encoded_size,
+)
 
 
 class Pair(NamedTuple):
@@ -249,3 +259,119 @@ def test_set_equal_counts_a_duplicate_in_the_expected_list_once() -> None:
     assert judge(words, words, oracle="set_equal") is True
     assert judge(["long", "b", "a"], words, oracle="set_equal") is True
     assert judge(["a", "b"], words, oracle="set_equal") is False
+
+
+# ------------------------------------------------------------------ values too big to send: digests
+
+
+def digest_after_trip(value: Any) -> dict[str, Any]:
+    """The digest the worker's server computes of a returned value that arrived as an encoding."""
+    return digest_encoding(json.loads(json.dumps(encode_value(value))))
+
+
+LONG = [
+    list(range(3000)),
+    [(i, str(i), [i * 0.5]) for i in range(2500)],
+    tuple({"k": {i, -i}} for i in range(1500)),
+    [[1, [2, [frozenset({"a", "b"})]]]] * 1200,
+    [2**20000] * 1100,
+    [math.nan, math.inf, 1 + 2j] * 400,
+    [Pair(1, 2)] * 1100,
+]
+
+
+@pytest.mark.parametrize("value", VALUES + LONG, ids=lambda value: type(value).__name__)
+def test_a_value_digested_in_the_job_has_the_digest_of_its_encoding(value: Any) -> None:
+    # The job hashes a big value a slice at a time; the server hashes an encoding that arrived.
+    assert digest_value(value) == digest_after_trip(value)
+    assert encoded_size(value, 1 << 30) == len(json.dumps(encode_value(value), separators=(",", ":")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner, inner)
+            | st.sets(st.integers() | st.text(max_size=3) | st.floats(allow_nan=False), max_size=6)
+            | st.dictionaries(st.integers() | st.text(max_size=3), inner, max_size=4)
+        ),
+        max_leaves=30,
+    ),
+)
+def test_any_value_digested_whole_or_by_slices_gives_one_digest(value: Any) -> None:
+    assert digest_value(value) == digest_after_trip(value)
+    assert digest_value([value] * 1100) == digest_after_trip([value] * 1100)
+
+
+def test_a_digest_does_not_depend_on_the_order_sets_and_dicts_were_built_in() -> None:
+    words = [f"w{i}" for i in range(200)]
+    assert digest_value(set(words)) == digest_encoding({"$set": list(reversed(encode_value(set(words))["$set"]))})
+    assert digest_value(dict.fromkeys(words, 1)) == digest_value(dict.fromkeys(reversed(words), 1))
+    assert digest_value(words) != digest_value(list(reversed(words)))  # a list's order is its value
+
+
+def test_a_digest_says_its_size_and_whether_floats_are_inside() -> None:
+    assert digest_value([1, 2]) == {**digest_value([1, 2]), "bytes": 5, "floats": False}
+    assert digest_value([1, (2, [0.5])])["floats"] is True
+    assert digest_value([1, {"$float": "inf"}])["floats"] is False  # a string key, not a float
+    assert digest_value(math.inf)["floats"] is True
+
+
+def test_the_size_of_a_long_list_is_given_up_on_once_over_the_limit() -> None:
+    assert encoded_size(list(range(10**6)), 10_000) is None
+    assert encoded_size(list(range(10)), 10_000) == len("[0,1,2,3,4,5,6,7,8,9]")
+
+
+def test_a_big_value_is_digested_without_encoding_it_whole() -> None:
+    rows = [("Dog", "Cat", "CatBird", i) for i in range(200_000)]  # ~8 MB of JSON, ~30 MB encoded
+    tracemalloc.start()
+    try:
+        digest_value(rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"$digest": "sha256:" + "0" * 63, "bytes": 1, "floats": False},
+        {"$digest": "md5:" + "0" * 64, "bytes": 1, "floats": False},
+        {"$digest": "sha256:" + "0" * 64, "bytes": -1, "floats": False},
+        {"$digest": "sha256:" + "0" * 64, "bytes": 1},
+        {"$digest": "sha256:" + "0" * 64, "bytes": 1, "floats": 0},
+        {"$digest": "sha256:" + "0" * 64, "bytes": 1, "floats": False, "x": 1},
+    ],
+    ids=repr,
+)
+def test_a_broken_digest_is_a_value_error(data: Any) -> None:
+    with pytest.raises(ValueError):
+        decode_value(data)
+
+
+def judge_digest(actual_wire: Any, value: Any, atol: float = 0.0, **kwargs: Any) -> bool:
+    expected = decode_value(json.loads(json.dumps(digest_value(value))))
+    assert isinstance(expected, Digest)
+    return EvalPlusJudge(atol, np.allclose).judge(json.loads(json.dumps(actual_wire)), expected, **kwargs)
+
+
+def test_an_expected_digest_is_met_by_the_same_value_sent_whole_or_as_a_digest() -> None:
+    value = [(i, f"s{i}") for i in range(2000)]
+    assert judge_digest(encode_value(value), value) is True
+    assert judge_digest(digest_value(value), value) is True
+    assert judge_digest(encode_value(list(reversed(value))), value) is False
+    assert judge_digest(digest_value(value[:-1]), value) is False
+    assert judge_digest({"$digest": "sha256:" + "0" * 64, "bytes": 1, "floats": False}, value) is False
+    assert judge_digest({"$digest": "junk"}, value) is False
+    assert judge_digest({"$truncated": 10}, value) is False
+    assert judge_digest(encode_value(AlwaysEqual()), value) is False
+
+
+def test_an_expected_digest_is_compared_exactly_not_as_python_or_numpy_would() -> None:
+    # Where a digest differs from EvalPlus: 1 == 1.0 there, and floats within atol pass there.
+    assert judge_digest(encode_value([1.0, 2.0]), [1, 2]) is False
+    assert judge_digest(encode_value([0.1 + 0.2]), [0.3], atol=1e-6) is False
+    assert judge_digest(encode_value([3]), [1], oracle="returns") is True

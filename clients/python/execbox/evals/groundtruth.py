@@ -195,6 +195,14 @@ class _Pending:
         if self.start == len(self.inputs):
             return True
         stopped = next((o for o in result.tests or [] if o.index == returned), None)
+        if (stopped is not None and stopped.error is not None and stopped.error.name == "MemoryError") or (
+            returned == 0 and result.status is JobStatus.OUT_OF_MEMORY
+        ):
+            raise GroundTruthError(
+                f"the canonical solution ran out of memory on {label.format(self.start)} "
+                f"(memory_mb={self.memory_mb or 'the server default'}): EvalPlus gives it 4 GiB; "
+                "pass memory_mb=4096 (execbox eval --memory-mb 4096) to a server whose batch_memory_mb allows it"
+            )
         if stopped is not None and stopped.status == "error":
             error = stopped.error
             what = f"{error.name}: {error.value}" if error else "an error"

@@ -38,7 +38,7 @@ from execbox._client import Client
 from execbox._exceptions import ExecboxError
 from execbox._models import BatchJob, JobResult, JobStatus, TestCase, TestOutcome, TestSpec
 from execbox._progress import progress_bar
-from execbox._values import Oracle, encode_value
+from execbox._values import Oracle, encode_allowance_s, encode_value, expected_size
 from execbox.evals._core import pass_at_k
 from execbox.evals.evalplus import Dataset, PlusDataset, PlusTask, serialize_mbpp_inputs
 from execbox.evals.groundtruth import GroundTruth, SuiteTruth, compute_groundtruth, time_limits
@@ -310,7 +310,10 @@ def _suite(dataset: Dataset, task: PlusTask, name: str, truth: SuiteTruth, *, fa
         atol=task.atol,
         stop_on_first_failure=True,
     )
-    budget = min(TIMEOUT_PER_TASK_S, sum(limits)) + _SET_GRACE_S
+    # Plus the time the right answers take to encode after their calls (outside EvalPlus's limits
+    # too), which only matters for outputs of many megabytes (Mbpp/255: ~1 GB of them).
+    encoding = sum(encode_allowance_s(expected_size(value)) for value in truth.expected)
+    budget = min(TIMEOUT_PER_TASK_S, sum(limits)) + _SET_GRACE_S + encoding
     return _Suite(task, name, inputs, spec, budget)
 
 
@@ -341,7 +344,7 @@ def _failure(result: JobResult, judged: list[TestOutcome]) -> Failure:
     bad = next((o for o in judged if not o.passed), None)
     if bad is not None:
         if bad.status == "timeout":
-            return Failure("timeout", input_index=bad.index)
+            return Failure("timeout", input_index=bad.index, detail=_short(bad.error.value) if bad.error else None)
         if bad.status == "error" and bad.error is not None:
             return Failure("exception", bad.error.name, bad.index, _short(bad.error.value))
         return Failure("wrong answer", input_index=bad.index)
