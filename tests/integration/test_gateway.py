@@ -142,6 +142,21 @@ def test_a_restart_the_client_asked_for_is_not_announced_as_a_kernel_death(url: 
         ws.close()
 
 
+def test_a_client_that_connects_is_told_the_kernels_state(url: str, kernel: str) -> None:
+    # Without a parent: JupyterLab ignores statuses caused by kernel_info, and a client that
+    # reconnected after its kernel was replaced would show "Unknown" until its next cell.
+    ws = websocket.create_connection(f"{url.replace('http', 'ws')}/api/kernels/{kernel}/channels", timeout=60)
+    try:
+        header = {"msg_id": uuid.uuid4().hex, "msg_type": "kernel_info_request", "session": "t", "version": "5.3"}
+        ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell"}))
+        first = json.loads(ws.recv())  # before anything the request causes
+        assert first["channel"] == "iopub" and first["msg_type"] == "status"
+        assert first["content"] == {"execution_state": "idle"} and first["parent_header"] == {}
+        assert first["header"]["session"] == run_raw(ws, "1")[0]["header"]["session"]  # the kernel's own
+    finally:
+        ws.close()
+
+
 def test_v1_subprotocol_is_negotiated_and_spoken_in_binary_frames(url: str, kernel: str) -> None:
     ws = websocket.create_connection(
         f"{url.replace('http', 'ws')}/api/kernels/{kernel}/channels", timeout=60, subprotocols=[V1]

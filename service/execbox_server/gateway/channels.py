@@ -249,6 +249,12 @@ class KernelChannels:
             self._services.tasks.add(task)
             task.add_done_callback(self._services.tasks.discard)
         self._tasks = [sender, keepalive]
+        with contextlib.suppress(SessionNotFound):
+            session = self._services.sessions.get(self._owner, self.session_id)
+            # The kernel's state, without a parent, to the client that just connected: JupyterLab
+            # ignores statuses caused by kernel_info (jupyter_server's untracked_message_types),
+            # so after it reconnects (a replaced kernel, a restart) this is how it learns "idle".
+            self.publish_status("busy" if session.busy else "idle", None, kernel_session_tag(session))
         try:
             await self._receive()
         finally:
