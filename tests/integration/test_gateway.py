@@ -131,7 +131,7 @@ def test_a_restart_the_client_asked_for_is_not_announced_as_a_kernel_death(url: 
         assert httpx.post(f"{url}/api/kernels/{kernel}/restart", timeout=60).status_code == 200
         request = execute_request("v")
         ws.send(json.dumps(request))
-        seen = []  # everything, the restart's own status messages included, until the cell is done
+        seen: list[dict[str, Any]] = []  # everything (the restart's statuses too) until the cell is done
         while not (seen and seen[-1]["msg_type"] == "execute_reply"):
             seen.append(json.loads(ws.recv()))
         states = [m["content"]["execution_state"] for m in seen if m["msg_type"] == "status"]

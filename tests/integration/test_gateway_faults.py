@@ -117,7 +117,7 @@ def test_a_kernel_killed_from_outside_is_reported_lost_and_replaced(keyed: Local
         # The next cell runs on a fresh kernel, whose messages carry a new kernel session.
         request = execute_request("kept")
         ws.send(json.dumps(request))
-        seen = []  # every frame, until the new cell's reply
+        seen: list[dict[str, Any]] = []  # every frame, until the new cell's reply
         while not (seen and seen[-1]["msg_type"] == "execute_reply"):
             seen.append(json.loads(ws.recv()))
         # Before it: what jupyter_server's auto-restarter sends for a kernel that died and was
