@@ -47,11 +47,16 @@ def fake_openai(
     in_flight = {"n": 0}
 
     class Handler(BaseHTTPRequestHandler):
+        counted = False  # this request is in the in-flight count
+
         def log_message(self, *args: Any) -> None:
             pass
 
         def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(body).encode() if body is not None else b""
+            # Out of flight before the first byte: the client may send its next request as soon
+            # as it has this reply, and must not find this one still counted.
+            self._leave_flight()
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -72,6 +77,7 @@ def fake_openai(
                 failure = left.pop(0) if left else None
                 in_flight["n"] += 1
                 state.max_in_flight = max(state.max_in_flight, in_flight["n"])
+            self.counted = True
             try:
                 if failure is not None:
                     status, retry_after = failure
@@ -84,7 +90,12 @@ def fake_openai(
                 time.sleep(delay_s)
                 self._answer(path, body)
             finally:
-                with lock:
+                self._leave_flight()
+
+        def _leave_flight(self) -> None:
+            with lock:
+                if self.counted:
+                    self.counted = False
                     in_flight["n"] -= 1
 
         def _answer(self, path: str, body: dict[str, Any]) -> None:
