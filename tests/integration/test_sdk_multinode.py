@@ -20,21 +20,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from execbox import AsyncClient, Client, SessionNotFoundError
-from execbox._codes import ErrorReason
+from execbox import AsyncClient, Client, ErrorReason, SessionNotFoundError
 from tests.conftest import docker_ok, execbox_containers, instance_of
 from tests.support.server import LocalServer
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 # Small pools: three instances share this machine's cores and engine with the rest of the suite,
-# and generous start deadlines: on a loaded 2-core machine a kernel start can take tens of seconds.
+# and a generous wait for a kernel: on a loaded 2-core machine a kernel start can take tens of seconds.
 SETTINGS = {
     "min_ready": "1",
     "max_total": "4",
     "max_starting": "1",
     "batch_workers": "2",
     "batch_lanes": "2",
-    "kernel_start_timeout_s": "120",
     "acquire_timeout_s": "30",
 }
 RETRIES = 5

@@ -11,7 +11,7 @@ import typing as _typing
 
 from execbox._async_client import AsyncClient, AsyncSession, AsyncSessions
 from execbox._client import Client, Session, Sessions
-from execbox._codes import ErrorCode
+from execbox._codes import ErrorCode, ErrorReason
 from execbox._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -43,6 +43,10 @@ from execbox._models import (
     ExecutionEvent,
     ExecutionStatus,
     FileInfo,
+    Info,
+    InfoCapacity,
+    InfoImage,
+    InfoLoad,
     JobResult,
     JobStatus,
     Language,
@@ -83,6 +87,7 @@ __all__ = [
     "EngineUnavailableError",
     "ErrorCode",
     "ErrorEvent",
+    "ErrorReason",
     "ExecboxError",
     "Execution",
     "ExecutionError",
@@ -90,6 +95,10 @@ __all__ = [
     "ExecutionFailedError",
     "ExecutionStatus",
     "FileInfo",
+    "Info",
+    "InfoCapacity",
+    "InfoImage",
+    "InfoLoad",
     "InternalServerError",
     "InvalidRequestError",
     "JobResult",

@@ -22,6 +22,7 @@ from execbox import (
     AsyncClient,
     Client,
     ErrorCode,
+    ErrorReason,
     ExecutionStatus,
     JobStatus,
     PoolExhaustedError,
@@ -29,7 +30,6 @@ from execbox import (
 )
 from execbox import _nodes as nodes_module
 from execbox._batch import BatchRun, ChunkLimits
-from execbox._codes import ErrorReason
 from execbox._nodes import Discovery, Node, NodeSet, Spread, parse_urls
 
 NOW = "2026-12-03T09:00:00Z"

@@ -9,7 +9,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from execbox._codes import ErrorReason
+from execbox import ErrorReason
 from execbox._models import ErrorEnvelope, Info
 from execbox_server.api.gateway import kernel_id, session_id_of
 from execbox_server.errors import SessionNotFound
