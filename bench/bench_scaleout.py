@@ -45,7 +45,6 @@ SETTINGS = {
     "batch_lanes": str(max(1, CORES // SPLIT)),
     "batch_min_workers": str(CORES),
     "acquire_timeout_s": "30",
-    "kernel_start_timeout_s": "90",
 }
 
 

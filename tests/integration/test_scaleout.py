@@ -35,7 +35,6 @@ SETTINGS = {
     "interrupt_grace_s": "1.5",
     # Kernels start slowly on a busy machine: a request waits for one rather than failing.
     "acquire_timeout_s": "30",
-    "kernel_start_timeout_s": "90",
 }
 BATCH_JOBS = 5000
 BATCH_REQUESTS = 6  # one request runs on one node: the client splits a big batch (the SDK does this too)
