@@ -257,17 +257,18 @@ def _float(value: float) -> Any:
 # Encoding a returned value, sending it and reading it back takes time after the call, outside its
 # time limit (EvalPlus compares after its alarm too). The worker's clock grants a case this much
 # more, from the size of the *expected* value (the requester's word, not the job's): a value sent
-# whole is encoded, written and parsed (~3 MB/s on a busy machine), a bigger one only hashed.
-ENCODE_S_PER_BYTE: Final = 3e-7
-DIGEST_S_PER_BYTE: Final = 1e-7
+# whole is encoded, written and parsed (~1 MB/s on a crowded machine), a bigger one only hashed.
+ENCODE_S_PER_BYTE: Final = 1e-6
+DIGEST_S_PER_BYTE: Final = 3e-7
 
 
 def encode_allowance_s(size: int) -> float:
-    """Seconds to encode (or hash) and hand over a returned value whose encoding has ``size`` bytes."""
-    if size <= 1024 * 1024:
+    """Seconds to encode (or hash) and hand over a returned value whose encoding has ``size`` bytes
+    (generous: a backstop for a job that ignores its alarm, on a machine other work may crowd)."""
+    if size <= 256 * 1024:
         return 0.0  # within the case's grace
     whole = min(size, MAX_VALUE_BYTES)
-    return 1.0 + whole * ENCODE_S_PER_BYTE + (size - whole) * DIGEST_S_PER_BYTE
+    return 2.0 + whole * ENCODE_S_PER_BYTE + (size - whole) * DIGEST_S_PER_BYTE
 
 
 def expected_size(expected: Any) -> int:

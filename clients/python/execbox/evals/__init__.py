@@ -6,11 +6,11 @@
   and an HTML report (:mod:`execbox.evals.report`).
 """
 
-from execbox.evals._core import EvalReport, SampleResult, evaluate, pass_at_k
+from execbox.evals._core import EvalIncompleteError, EvalReport, SampleResult, evaluate, pass_at_k
 from execbox.evals.datasets import Problem, load_humaneval, load_problems
 from execbox.evals.evalplus import Dataset, PlusDataset, PlusTask, load_evalplus
 from execbox.evals.groundtruth import GroundTruth, GroundTruthError, compute_groundtruth
-from execbox.evals.plus import EvalIncompleteError, PlusReport, PlusSample, Status, evaluate_plus
+from execbox.evals.plus import PlusReport, PlusSample, Status, evaluate_plus
 
 __all__ = [
     "Dataset",

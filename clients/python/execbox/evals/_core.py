@@ -1,4 +1,10 @@
-"""Evaluation by execution: every sample in its own fresh process on the batch path."""
+"""Evaluation by execution: every sample in its own fresh process on the batch path.
+
+A job the service could not run (``service_error``: engine down, worker lost, overload) is no
+verdict on its sample: it is sent again (twice at most), and a sample still without a verdict
+then raises :class:`EvalIncompleteError` or, with ``on_service_error="mark"``, is reported as
+such and left out of pass@k — never counted as a failed sample.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,24 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from execbox._client import Client
+from execbox._exceptions import ExecboxError
 from execbox._models import ExecutionError, JobResult, JobStatus
 from execbox._progress import progress_bar
 from execbox.evals.datasets import Problem
 from execbox.feedback import FeedbackStyle, render_feedback
 
-__all__ = ["EvalReport", "SampleResult", "evaluate", "pass_at_k"]
+__all__ = ["EvalIncompleteError", "EvalReport", "OnServiceError", "SampleResult", "evaluate", "pass_at_k"]
+
+OnServiceError = Literal["raise", "mark"]
+RETRIES = 2  # a job the service could not run is sent this many more times
+
+
+class EvalIncompleteError(ExecboxError):
+    """Some samples got no verdict: the service could not run their jobs (engine down, worker lost),
+    also after retries. Nothing is scored: a missing verdict is not a failure of the sample."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,7 +47,7 @@ class SampleResult:
     task_id: str
     index: int
     passed: bool
-    result: str  # "passed", "failed: <error>", "timed out"
+    result: str  # "passed", "failed: <error>", "timed out", "no verdict: <why>" (a service error)
     status: str
     error: str | None = None
     feedback: str | None = None
@@ -45,6 +60,8 @@ class EvalReport:
     tasks: int
     wall_s: float
     per_task: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Samples the service could not run (on_service_error="mark"): in `samples`, not in pass@k.
+    no_verdict: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +69,7 @@ class EvalReport:
             "tasks": self.tasks,
             "wall_s": self.wall_s,
             "per_task": self.per_task,
+            "no_verdict": self.no_verdict,
             "samples": [asdict(s) for s in self.samples],
         }
 
@@ -91,12 +109,20 @@ def evaluate(
     memory_mb: int | None = None,
     feedback: FeedbackStyle | None = None,
     progress: bool = False,
+    on_service_error: OnServiceError = "raise",
 ) -> EvalReport:
     """Run every sample against its problem's tests, each in isolation; compute pass@k.
 
+    A job the service could not run is sent again, :data:`RETRIES` times at most; a sample still
+    without a verdict raises (``on_service_error="raise"``) or is marked (``"mark"``: its result
+    says why, ``status`` is ``service_error``, and pass@k leaves it out).
+
     Raises:
         KeyError: a sample names a task that is not among ``problems``.
+        EvalIncompleteError: samples without a verdict after retries (``on_service_error="raise"``).
     """
+    if on_service_error not in ("raise", "mark"):
+        raise ValueError("on_service_error must be 'raise' or 'mark'")
     started = time.monotonic()
     jobs = []
     for i, sample in enumerate(samples):
@@ -114,27 +140,37 @@ def evaluate(
         )
     results: list[SampleResult | None] = [None] * len(samples)
     bar = progress_bar(len(jobs), unit="sample", enabled=progress)
-    for batch_result in client.batch_stream(jobs):
-        i = batch_result.index
-        passed, text, error = _describe(batch_result)
-        fb = None
-        if feedback is not None and not passed:
-            shown = batch_result.model_copy(update={"error": _failure(batch_result)})
-            fb = render_feedback(shown.to_execution(), style=feedback)
-        results[i] = SampleResult(
-            task_id=samples[i]["task_id"],
-            index=i,
-            passed=passed,
-            result=text,
-            status=batch_result.status.value,
-            error=error,
-            feedback=fb,
+    todo = list(range(len(jobs)))
+    lost: dict[int, str] = {}
+    try:
+        for _ in range(RETRIES + 1):
+            lost = {}
+            for batch_result in client.batch_stream([jobs[i] for i in todo]):
+                i = todo[batch_result.index]
+                if batch_result.status is JobStatus.SERVICE_ERROR:
+                    lost[i] = batch_result.message or "the service could not run the job"
+                    continue
+                results[i] = _sample_result(samples[i], i, batch_result, feedback)
+                bar.update(1)
+            todo = sorted(lost)
+            if not todo:
+                break
+    finally:
+        bar.close()
+    if lost and on_service_error == "raise":
+        first = min(lost)
+        raise EvalIncompleteError(
+            f"{len(lost)} sample(s) got no verdict after {RETRIES + 1} attempts (the service could not run them), "
+            f"e.g. {samples[first]['task_id']}: {lost[first]}"
         )
-        bar.update(1)
-    bar.close()
+    for i, why in lost.items():
+        results[i] = SampleResult(
+            task_id=samples[i]["task_id"], index=i, passed=False, result=f"no verdict: {why}", status="service_error"
+        )
     done = [r for r in results if r is not None]
+    scored = [r for r in done if r.status != JobStatus.SERVICE_ERROR.value]
     per_task: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "c": 0})
-    for r in done:
+    for r in scored:
         per_task[r.task_id]["n"] += 1
         per_task[r.task_id]["c"] += int(r.passed)
     scores: dict[str, float] = {}
@@ -149,4 +185,24 @@ def evaluate(
         tasks=len(per_task),
         wall_s=round(time.monotonic() - started, 3),
         per_task=dict(per_task),
+        no_verdict=len(lost),
+    )
+
+
+def _sample_result(
+    sample: dict[str, Any], i: int, batch_result: JobResult, feedback: FeedbackStyle | None
+) -> SampleResult:
+    passed, text, error = _describe(batch_result)
+    fb = None
+    if feedback is not None and not passed:
+        shown = batch_result.model_copy(update={"error": _failure(batch_result)})
+        fb = render_feedback(shown.to_execution(), style=feedback)
+    return SampleResult(
+        task_id=sample["task_id"],
+        index=i,
+        passed=passed,
+        result=text,
+        status=batch_result.status.value,
+        error=error,
+        feedback=fb,
     )

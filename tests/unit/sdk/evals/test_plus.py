@@ -14,13 +14,14 @@ import pytest
 from execbox import Client
 from execbox._models import JobResult, JobStatus
 from execbox._models import TestOutcome as Outcome  # not collected as a test class
-from execbox._values import decode_value, encode_value
+from execbox._values import decode_value, digest_value, encode_value
 from execbox.evals.evalplus import Dataset, PlusDataset, PlusTask, load_evalplus
 from execbox.evals.groundtruth import GroundTruth, SuiteTruth
 from execbox.evals.plus import (
     EvalIncompleteError,
     Status,
     _digit_distance,
+    _suite,
     _surface_area,
     evaluate_plus,
     read_evalplus_samples,
@@ -323,3 +324,17 @@ def test_samples_are_read_from_a_jsonl_file_or_evalplus_directory(tmp_path: Path
     bad.write_text(json.dumps({"task_id": "HumanEval/0", "completion": ["a", "b"]}) + "\n")
     with pytest.raises(ValueError, match="line 1"):
         read_evalplus_samples(str(bad))
+
+
+def test_expected_values_over_a_megabyte_are_sent_as_digests_unless_they_hold_floats() -> None:
+    big_ints, big_floats, small = list(range(300_000)), [0.5] * 300_000, [1, 2]
+    task = PlusTask("T/0", "", "f", GOOD, [[1], [2], [3]], [], 0.0)
+    data = dataset(task)
+    suite_truth = SuiteTruth([encode_value(v) for v in (big_ints, big_floats, small)], [0.001] * 3)
+    suite = _suite(data.name, task, "base", suite_truth, factor=4.0, floor=1.0)
+    sent = [case.expected for case in suite.spec.cases or []]
+    assert sent[0] == digest_value(big_ints) and sent[0]["floats"] is False
+    assert sent[1] == encode_value(big_floats)  # a tolerance may apply: sent whole
+    assert sent[2] == small
+    # Their encoding time is in the set's budget (the worker's clock grants it per case too).
+    assert suite.timeout_s > 3 * 1.0 + 2.0 + 2 * 2.0
