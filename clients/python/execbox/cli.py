@@ -235,9 +235,25 @@ def _parser() -> argparse.ArgumentParser:
     _progress_flag(synth)
     synth.set_defaults(func=_synth)
 
+    gen = _generation_flags()
+    generate = sub.add_parser(
+        "generate",
+        parents=[gen],
+        help="write a benchmark's samples from an OpenAI-compatible model (what eval --llm-url does first)",
+        description="Ask the model at --llm-url for --n samples per task of a benchmark and write them as an "
+        "EvalPlus sample file (task_id, completion or solution, finish_reason, usage). 'completions' continues "
+        "each prompt as EvalPlus does for base models; 'chat' asks instruction models for the function.",
+    )
+    generate.add_argument("benchmark", choices=["humaneval", "mbpp", "custom", "humaneval+", "mbpp+"])
+    generate.add_argument("--samples", required=True, help="the JSONL file to write")
+    generate.add_argument("--dataset", help="+ benchmarks: the EvalPlus release file (default as for eval)")
+    generate.add_argument("--problems", help="problem file (required for mbpp and custom)")
+    _progress_flag(generate)
+    generate.set_defaults(func=_generate_command)
+
     ev = sub.add_parser(
         "eval",
-        parents=[common],
+        parents=[common, gen],
         help="pass@k of samples by execution (HumanEval, MBPP, HumanEval+, MBPP+)",
         description="Run every sample against its problem's tests, each in its own fresh sandboxed process, "
         "and print pass@k (unbiased estimator). 'humaneval+' and 'mbpp+' score EvalPlus sample files as "
@@ -285,19 +301,6 @@ def _parser() -> argparse.ArgumentParser:
         help="+ benchmarks: compute the expected outputs again instead of reading them from the cache "
         "($EXECBOX_CACHE_DIR, else ~/.cache/execbox)",
     )
-    ev.add_argument("--llm-url", help="generate the samples from this OpenAI-compatible endpoint first")
-    ev.add_argument("--model", help="model name (with --llm-url)")
-    ev.add_argument("--llm-api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
-    ev.add_argument("--n", type=int, default=1, help="samples per problem when generating (default 1)")
-    ev.add_argument(
-        "--endpoint",
-        choices=["chat", "completions"],
-        default="chat",
-        help="with --llm-url: chat (instruction models) or completions (base models continue the prompt, "
-        "as EvalPlus evaluates them)",
-    )
-    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ev.add_argument("--max-tokens", type=int, default=1024)
     ev.add_argument("--problems", help="problem file (required for mbpp and custom)")
     ev.add_argument("--k", default="1,10,100", help="comma-separated k values (default 1,10,100)")
     ev.add_argument("--timeout", type=float, default=3.0, help="time limit per sample, seconds (default 3)")
@@ -318,6 +321,42 @@ def _parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     return parser
+
+
+def _generation_flags() -> argparse.ArgumentParser:
+    """The model and sampling options of `generate` and `eval --llm-url`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    gen = parent.add_argument_group("generation from a model (generate; eval with --llm-url)")
+    gen.add_argument("--llm-url", help="the OpenAI-compatible endpoint's base URL (eval: generate the samples first)")
+    gen.add_argument("--model", help="model name (with --llm-url)")
+    gen.add_argument("--llm-api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
+    gen.add_argument(
+        "--endpoint",
+        choices=["chat", "completions"],
+        default="chat",
+        help="chat (instruction models) or completions (base models continue the prompt, as EvalPlus evaluates "
+        "them) (default chat)",
+    )
+    gen.add_argument("--n", type=int, default=1, help="samples per task, asked for in one request (default 1)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling (default: the server's)")
+    gen.add_argument("--max-tokens", type=int, default=1024, help="tokens per sample (default 1024)")
+    gen.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="a stop sequence; repeat for several (default: none for chat, EvalPlus's for completions)",
+    )
+    gen.add_argument("--seed", type=int, help="sampling seed, where the server supports it (vLLM, OpenAI)")
+    gen.add_argument("--llm-concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    gen.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    gen.add_argument(
+        "--llm-retries",
+        type=int,
+        default=4,
+        help="retries of a request refused for load (429, 5xx; Retry-After honoured) or lost (default 4)",
+    )
+    return parent
 
 
 def _progress_flag(parser: argparse.ArgumentParser) -> None:
@@ -602,27 +641,79 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, problems: dict[str, Problem], term: Terminal) -> None:
     """Write ``args.samples`` from the model at ``--llm-url``: ``--n`` samples per problem."""
-    if not args.model:
-        raise UsageError("--llm-url needs --model")
+    if not args.llm_url or not args.model:
+        raise UsageError("generating samples needs --llm-url and --model")
+    for flag, value in (
+        ("--n", args.n),
+        ("--llm-concurrency", args.llm_concurrency),
+        ("--max-tokens", args.max_tokens),
+    ):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    if args.llm_retries < 0 or args.llm_timeout <= 0:
+        raise UsageError("--llm-retries must be >= 0 and --llm-timeout > 0")
     from execbox.evals.generate import generate_samples
 
-    llm = ChatClient(
+    with ChatClient(
         base_url=args.llm_url,
         model=args.model,
         api_key=args.llm_api_key,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
-    )
-    generated = generate_samples(llm, problems, n=args.n, endpoint=args.endpoint, progress=_progress(args))
+        timeout_s=args.llm_timeout,
+        max_retries=args.llm_retries,
+        stop=args.stop,
+        seed=args.seed,
+        top_p=args.top_p,
+    ) as llm:
+        generated = generate_samples(
+            llm,
+            problems,
+            n=args.n,
+            concurrency=args.llm_concurrency,
+            endpoint=args.endpoint,
+            progress=_progress(args),
+        )
+        usage = llm.usage
     with open(args.samples, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(sample) + "\n" for sample in generated)
-    term.line(f"{len(generated)} samples generated into {args.samples}", err=True)
+    failed = sum(1 for sample in generated if "error" in sample)
+    term.line(
+        f"{len(generated)} samples generated into {args.samples} ({failed} failed): {usage.requests} requests, "
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, {usage.retries} retries",
+        err=True,
+    )
+
+
+def _generate_command(args: argparse.Namespace) -> int:
+    """``execbox generate BENCHMARK``: only the samples, as ``eval --llm-url`` writes them first."""
+    term = Terminal()
+    if args.benchmark.endswith("+"):
+        problems = _plus_problems(args)
+    else:
+        problems = _problems(args)
+    _generate(args, problems, term)
+    return EXIT_OK
+
+
+def _plus_problems(args: argparse.Namespace) -> dict[str, Problem]:
+    """EvalPlus prompts both benchmarks with the task's prompt and appends the completion to it."""
+    from execbox.evals.datasets import Problem
+    from execbox.evals.evalplus import Dataset, load_evalplus
+
+    try:
+        dataset = load_evalplus(Dataset(args.benchmark[:-1]), args.dataset)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the dataset: {exc}") from exc
+    return {
+        t.task_id: Problem(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point, test_program="")
+        for t in dataset.tasks.values()
+    }
 
 
 def _eval_plus(args: argparse.Namespace) -> int:
     """``humaneval+`` / ``mbpp+``: EvalPlus's evaluation, its summary lines and its eval_results.json."""
     term = Terminal()
-    from execbox.evals.datasets import Problem
     from execbox.evals.evalplus import Dataset, load_evalplus
     from execbox.evals.plus import evaluate_plus, read_evalplus_samples, results_path
 
@@ -634,12 +725,7 @@ def _eval_plus(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read the dataset: {exc}") from exc
     progress = _progress(args)
     if args.llm_url:
-        # EvalPlus prompts both benchmarks with the task's prompt and appends the completion to it.
-        problems = {
-            t.task_id: Problem(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point, test_program="")
-            for t in dataset.tasks.values()
-        }
-        _generate(args, problems, term)
+        _generate(args, _plus_problems(args), term)
     try:
         samples = read_evalplus_samples(args.samples)
     except (OSError, ValueError) as exc:
