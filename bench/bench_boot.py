@@ -17,13 +17,17 @@ times each step from outside:
   host     first ``kernel_info`` answered (``KernelConnection.wait_ready``), each warm-up cell,
            and the container's own CPU (cgroup v1 ``cpuacct.usage``) at ready and after warm-up.
 
+Part ``engine``: the engine calls of a start, the service's old sequence (docker-py's
+``containers.run``: create, inspect, start; then an inspect for the init's pid) against the new
+one (``kernels._create_and_start``: create, start; the pid inspect runs while the kernel boots).
+
 Part ``headline`` (a real server, defaults, one persistent HTTP client per loop): sustained
 fresh sessions back to back (create -> first result -> delete, never waiting for the pool),
 a burst of concurrent creates, the idle-pool path, and ``print(1)`` in an open session vs raw
 ``jupyter_client`` on a container of the same image.
 
 The machine is shared: every run prints the load average; compare figures of one run only.
-Run: ``python bench/bench_boot.py [breakdown|headline|all]`` (as root, like the service).
+Run: ``python bench/bench_boot.py [breakdown|engine|headline|all]`` (as root, like the service).
 Prints numbers; asserts nothing.
 """
 
@@ -34,6 +38,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -257,8 +262,6 @@ async def boot_once(
                 time.monotonic() - t,
                 (engine_cpu.ns() - e) / 1e9,
             )
-        import shutil
-
         shutil.rmtree(files.host_dir, ignore_errors=True)
 
 
@@ -306,6 +309,47 @@ def print_breakdown(boots: list[Boot], label: str) -> None:
         wmin = f"{min(walls):.1f}" if walls else ""
         c50 = f"{statistics.median(cpus):.1f}" if cpus else ""
         print(f"| {step} | {w50} | {wmin} | {c50} |")
+
+
+def run_engine_ab(n: int, docker_url: str | None, exec_root: Path) -> None:
+    """The start's engine calls, old vs new, interleaved: docker-py's ``containers.run`` (create,
+    inspect, start) plus the pid inspect on the path, against ``_create_and_start`` (create,
+    start). Wall until the kernel could be waited for, and dockerd+containerd CPU meanwhile."""
+    from execbox_server.backends.docker.kernels import _create_and_start
+
+    settings = Settings(state_dir=Path(tempfile.mkdtemp(prefix="xb16", dir="/tmp")))
+    client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+    engine_cpu = EngineCPU(exec_root)
+    spec = SandboxSpec(memory_mb=settings.memory_mb, cpus=settings.cpus)
+    # Never-answering containers are enough here: only the engine's part is timed.
+    command = ["/opt/venv/bin/python", "-c", "import time; time.sleep(60)"]
+    walls: dict[str, list[float]] = {"old": [], "new": []}
+    cpus: dict[str, list[float]] = {"old": [], "new": []}
+    try:
+        for _ in range(n):
+            for variant in ("old", "new"):
+                sid = secrets.token_hex(6)
+                host_dir = settings.state_dir / sid
+                host_dir.mkdir(parents=True)
+                args = {**container_args(settings, "bench16", sid, spec, host_dir, role="kernel"), "command": command}
+                t, e = time.monotonic(), engine_cpu.ns()
+                if variant == "old":
+                    container_id = str(client.containers.run(**args).id)
+                    client.api.inspect_container(container_id)
+                else:
+                    container_id = _create_and_start(client, args)
+                walls[variant].append(time.monotonic() - t)
+                cpus[variant].append((engine_cpu.ns() - e) / 1e9)
+                client.api.remove_container(container_id, force=True)
+    finally:
+        client.close()
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
+    header(f"engine calls on a kernel start, old vs new, n={n}, load average {load_average()}")
+    print("| start path | engine calls on the path | wall p50 ms | wall min ms | dockerd+containerd CPU p50 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for variant, calls in (("old", "create, inspect, start, inspect"), ("new", "create, start")):
+        w, c = walls[variant], cpus[variant]
+        print(f"| {variant} | {calls} | {_ms(w, 50)} | {min(w) * 1000:.1f} | {_ms(c, 50)} |")
 
 
 # ---------------------------------------------------------------------------- headline
@@ -414,13 +458,25 @@ def _row(figure: str, value: str, goal: str) -> None:
     print(f"| {figure} | {value} | {goal} | {load_average()} |", flush=True)
 
 
-def run_headline(n_sustained: int, n_burst: int, n_idle: int, n_rtt: int, extra: dict[str, str]) -> None:
-    """Print each figure as soon as it is measured (a failure later loses nothing)."""
+def run_headline(
+    n_sustained: int, n_burst: int, n_idle: int, n_rtt: int, extra: dict[str, str], server_path: str | None
+) -> None:
+    """Print each figure as soon as it is measured (a failure later loses nothing).
+
+    ``server_path``: a checkout's ``service`` directory the server imports instead of the installed
+    one (a worktree of the baseline commit, say), so two versions are compared in one run.
+    """
     import bench_core
 
     bench_core.RTT_N = n_rtt
     settings = {"acquire_timeout_s": "120", **extra}
-    header(f"fresh sessions (server settings {extra or 'defaults'}, acquire_timeout_s 120)")
+    if server_path:
+        os.environ["PYTHONPATH"] = server_path
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    header(
+        f"fresh sessions: server {server_path or 'installed'}, settings {extra or 'defaults'}, acquire_timeout_s 120"
+    )
     print("| figure | value | goal | load average |")
     print("|---|---:|---:|---|", flush=True)
     with _server(settings) as server:
@@ -442,13 +498,11 @@ def run_headline(n_sustained: int, n_burst: int, n_idle: int, n_rtt: int, extra:
             f"all done in {elapsed:.1f} s)",
             "<= 5000 ms",
         )
-    raw = _raw_host_rtt(n_rtt)
-    _row("print(1) raw jupyter_client, host kernel p50", f"{_ms(raw, 50)} ms (p90 {_ms(raw, 90)})", "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", nargs="?", default="all", choices=["breakdown", "headline", "all"])
+    parser.add_argument("part", nargs="?", default="all", choices=["breakdown", "engine", "headline", "all"])
     parser.add_argument("-n", type=int, default=int(os.environ.get("BENCH_BOOT_N", "8")))
     parser.add_argument("--docker-url", default=None, help="engine to start containers on (default: DOCKER_HOST)")
     parser.add_argument("--exec-root", default="/var/run/docker", help="that engine's exec root (for its pids)")
@@ -467,6 +521,10 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=20)
     parser.add_argument("--rtt", type=int, default=200)
     parser.add_argument("--set", action="append", default=[], help="server setting k=v (without EXECBOX_)")
+    parser.add_argument(
+        "--server-path", action="append", default=[], help="a checkout's service/ dir to run the server from (repeat)"
+    )
+    parser.add_argument("--skip-raw", action="store_true", help="no raw jupyter_client baseline")
     args = parser.parse_args()
     if args.part in ("breakdown", "all"):
         variants = [(r, s) for r in args.runtime or [None] for s in args.shares or [None]]
@@ -477,9 +535,15 @@ def main() -> None:
                 results[v] += _boots(1, args.docker_url, Path(args.exec_root), *v)
         for (r, s), boots in results.items():
             print_breakdown(boots, f"runtime {r or 'default'}, cpu shares {s or 'spare (128)'}")
+    if args.part in ("engine", "all"):
+        run_engine_ab(args.n, args.docker_url, Path(args.exec_root))
     if args.part in ("headline", "all"):
         extra = dict(kv.split("=", 1) for kv in args.set)
-        run_headline(args.sustained, args.burst, args.idle, args.rtt, extra)
+        for path in args.server_path or [None]:
+            run_headline(args.sustained, args.burst, args.idle, args.rtt, extra, path)
+        if not args.skip_raw:
+            raw = _raw_host_rtt(args.rtt)
+            _row("print(1) raw jupyter_client, host kernel p50", f"{_ms(raw, 50)} ms (p90 {_ms(raw, 90)})", "")
 
 
 def _boots(n: int, docker_url: str | None, exec_root: Path, runtime: str | None, shares: int | None) -> list[Boot]:
