@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import docker
 import httpx
@@ -283,6 +285,29 @@ def test_delete_removes_the_sessions_container(http: httpx.Client) -> None:
     with pytest.raises(docker.errors.NotFound):
         engine.api.inspect_container(info["sandbox_id"])
     assert http.get(f"/v1/sessions/{info['id']}").status_code == 404
+
+
+def _cpu_weight(container_id: str) -> str:
+    """The container's CPU weight as the kernel applies it (cgroup v1 shares or v2 weight)."""
+    full = docker.from_env().api.inspect_container(container_id)["Id"]
+    for path in (
+        f"/sys/fs/cgroup/cpu/docker/{full}/cpu.shares",
+        f"/sys/fs/cgroup/docker/{full}/cpu.weight",
+        f"/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.weight",
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            return Path(path).read_text().strip()
+    pytest.fail(f"no CPU weight file for container {full}")
+
+
+def test_a_leased_kernel_runs_at_the_normal_cpu_weight_from_its_first_cell(http: httpx.Client) -> None:
+    # Spares boot at a low weight so they yield to live sessions; a lease raises it before the
+    # create returns, not after an engine round trip the first cells would run behind.
+    info = http.post("/v1/sessions", json={}).json()
+    try:
+        assert _cpu_weight(info["sandbox_id"]) in ("1024", "39")  # v1 shares, v2 weight
+    finally:
+        http.delete(f"/v1/sessions/{info['id']}")
 
 
 def test_container_is_locked_down(http: httpx.Client) -> None:

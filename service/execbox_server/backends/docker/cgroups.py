@@ -48,6 +48,29 @@ class CgroupFiles:
                 with contextlib.suppress(OSError):
                     os.pwrite(fd, b"0\n", 0)
 
+    def set_cpu_shares(self, shares: int) -> bool:
+        """Write the container's CPU weight straight into its cgroup; False when that cannot be done
+        (no such file, a read-only mount), and the caller asks the engine instead.
+
+        A ``docker update`` is a round trip through dockerd, containerd and runc: tens of ms of
+        wall time on a busy machine, during which a just-leased kernel runs its first cells at
+        the spare weight. The engine's record keeps the spare weight; nothing reads it back.
+        """
+        v1 = _cgroup_file(self._root, self._container_id, "cpu", "cpu.shares")
+        if v1 is not None:
+            target, value = v1, shares
+        else:
+            v2 = _cgroup_file(self._root, self._container_id, "", "cpu.weight")
+            if v2 is None:
+                return False
+            # runc's conversion of cpu-shares [2, 262144] to cgroup v2's cpu.weight [1, 10000].
+            target, value = v2, 1 + ((shares - 2) * 9999) // 262142
+        try:
+            target.write_text(f"{value}\n")
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
         for fd in (self._fds or {}).values():
             with contextlib.suppress(OSError):

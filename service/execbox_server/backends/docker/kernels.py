@@ -192,10 +192,12 @@ class KernelSandboxes:
         Raises:
             InvalidLimits: the engine refused the limits (e.g. memory below what the kernel uses).
         """
-        # Off the request's path: the first cells may run at the spare weight for a few ms.
-        task = asyncio.get_running_loop().create_task(self.activate(kernel))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # The normal weight at once, in the cgroup; through the engine (off the request's path,
+        # the first cells at the spare weight meanwhile) only where the cgroup cannot be written.
+        if not kernel.cgroup.set_cpu_shares(ACTIVE_CPU_SHARES):
+            task = asyncio.get_running_loop().create_task(self.activate(kernel))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if spec == kernel.spec:
             return
         engine = self._engine
@@ -209,6 +211,8 @@ class KernelSandboxes:
                     memswap_limit=mem,
                     cpu_period=100_000,
                     cpu_quota=int(spec.cpus * 100_000),
+                    # The engine rewrites every CPU setting it records: keep the active weight.
+                    cpu_shares=ACTIVE_CPU_SHARES,
                 ),
             )
         except docker.errors.APIError as exc:
