@@ -42,6 +42,7 @@ from _util import header
 from execbox import Client
 from execbox.evals import Dataset, PlusDataset, compute_groundtruth, evaluate_plus, load_evalplus
 from execbox.evals.evalplus import default_dataset_path
+from execbox.evals.groundtruth import GroundTruth
 from execbox.evals.report import write_html
 
 MEMORY_MB = 4096
@@ -55,6 +56,39 @@ class Run:
     seconds: float
     base: float
     plus: float
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at its start and end
+    failing: tuple[str, ...] = ()  # tasks whose canonical solution did not pass base + plus
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def digest_summary(truth: GroundTruth, data: PlusDataset) -> str:
+    """Expected values sent as digests (over a worker record), and those that hold floats where
+    EvalPlus would compare with a tolerance (the task's atol, or a float output before them)."""
+    digests, tolerant = [], []
+    for task_id, task in data.tasks.items():
+        for name in ("base", "plus"):
+            expected = truth.suite(task_id, name).expected
+            floats_before = task.atol != 0
+            for i, value in enumerate(expected):
+                if isinstance(value, dict) and "$digest" in value:
+                    digests.append(f"{task_id} {name} {i} ({value['bytes'] / 1e6:.0f} MB)")
+                    if value["floats"] and floats_before:
+                        tolerant.append(f"{task_id} {name} {i}")
+                floats_before = floats_before or _is_floats(value)
+    listed = ", ".join(digests) or "-"
+    return f"{len(digests)} digests: {listed}; compared with a tolerance by EvalPlus: {tolerant or 'none'}"
+
+
+def _is_floats(value: object) -> bool:
+    # EvalPlus's is_floats on an encoded value (a float, or a non-empty list / tuple of floats).
+    if isinstance(value, dict) and "$tuple" in value:
+        value = value["$tuple"]
+    if isinstance(value, list) and value:
+        return all(isinstance(v, float) or (isinstance(v, dict) and "$float" in v) for v in value)
+    return isinstance(value, float) or (isinstance(value, dict) and "$float" in value)
 
 
 @contextmanager
@@ -73,7 +107,7 @@ def execbox_runs(url: str, data: PlusDataset, report_dir: Path | None) -> list[R
     runs = []
     with tempfile.TemporaryDirectory() as cache, Client(url, timeout=120) as client:
         for phase in ("cold", "warm"):
-            started = time.monotonic()
+            started, load_before = time.monotonic(), load()
             truth = compute_groundtruth(
                 client, data, directory=Path(cache), refresh=phase == "cold", memory_mb=MEMORY_MB
             )
@@ -86,9 +120,19 @@ def execbox_runs(url: str, data: PlusDataset, report_dir: Path | None) -> list[R
                     if not s.plus_passed:
                         print(f"      {s.task_id}: base {s.base.failure} plus {s.plus and s.plus.failure}")
             runs.append(
-                Run("execbox", phase, seconds, report.base_pass_at_k["pass@1"], report.plus_pass_at_k["pass@1"])
+                Run(
+                    "execbox",
+                    phase,
+                    seconds,
+                    report.base_pass_at_k["pass@1"],
+                    report.plus_pass_at_k["pass@1"],
+                    (load_before, load()),
+                    tuple(failing),
+                )
             )
             print(f"    execbox {phase}: {seconds:.1f} s (expected outputs {truth.wall_s:.1f} s)", flush=True)
+            if phase == "cold":
+                print(f"    {digest_summary(truth, data)}", flush=True)
             if report_dir is not None and phase == "cold":
                 write_html(report, str(report_dir / f"{data.name.value}-canonical.html"))
     return runs
@@ -106,15 +150,22 @@ def evalplus_runs(data: PlusDataset, parallel: int) -> list[Run]:
         command = [sys.executable, "-m", "evalplus.evaluate", "--dataset", data.name.value, "--samples", str(samples)]
         command += ["--parallel", str(parallel)]
         for phase in ("cold", "warm"):
-            Path(tmp, "samples_eval_results.json").unlink(missing_ok=True)  # else evalplus reloads it
-            started = time.monotonic()
+            results = Path(tmp, "samples_eval_results.json")
+            results.unlink(missing_ok=True)  # else evalplus reloads it
+            started, load_before = time.monotonic(), load()
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
             seconds = time.monotonic() - started
             if done.returncode != 0:
                 raise RuntimeError(f"evalplus failed:\n{done.stderr[-3000:]}")
             scores = [float(x) for x in PASS_LINE.findall(done.stdout)]
-            runs.append(Run("evalplus", phase, seconds, scores[0], scores[1]))
-            print(f"    evalplus {phase}: {seconds:.1f} s", flush=True)
+            verdicts = json.loads(results.read_text())["eval"]
+            failing = tuple(
+                t
+                for t, records in verdicts.items()
+                if any((r["base_status"], r["plus_status"]) != ("pass", "pass") for r in records)
+            )
+            runs.append(Run("evalplus", phase, seconds, scores[0], scores[1], (load_before, load()), failing))
+            print(f"    evalplus {phase}: {seconds:.1f} s; canonical solutions failing: {list(failing)}", flush=True)
     return runs
 
 
@@ -143,14 +194,18 @@ def main() -> None:
             theirs = evalplus_runs(data, cores)
             rows.append((name, len(data), inputs, ours, theirs))
     print()
-    print("| dataset | tasks | inputs | phase | evalplus s | execbox s | speed-up | pass@1 evalplus | pass@1 execbox |")
-    print("|---|---:|---:|---|---:|---:|---:|---|---|")
+    print(
+        "| dataset | tasks | inputs | phase | evalplus s | execbox s | speed-up | pass@1 evalplus | pass@1 execbox "
+        "| load avg (evalplus / execbox) |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|---|---|---|")
     for name, tasks, inputs, ours, theirs in rows:
         for mine, other in zip(ours, theirs, strict=True):
             scores = f"{other.base:.3f} / {other.plus:.3f} | {mine.base:.3f} / {mine.plus:.3f}"
+            loads = f"{other.load[0]:.1f}-{other.load[1]:.1f} / {mine.load[0]:.1f}-{mine.load[1]:.1f}"
             print(
                 f"| {name.value}+ | {tasks} | {inputs:,} | {mine.phase} | {other.seconds:.1f} | {mine.seconds:.1f} | "
-                f"{other.seconds / mine.seconds:.1f}x | {scores} |"
+                f"{other.seconds / mine.seconds:.1f}x | {scores} | {loads} |"
             )
     print(f"\nevalplus {_version()}, --parallel {cores}, unsandboxed; execbox: a batch job per sample and input set")
     print("pass@1 columns: base / base + extra")

@@ -102,7 +102,7 @@ SYSV_TABLES = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
 EMPTY_DIR_SIZE = 40  # tmpfs and mqueue count 20 bytes per entry on top of this
 MAX_TB_LINES = 100
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # one record from a job; a test's actual value is judged whole
-MAX_RECORDS_BYTES = 64 * 1024 * 1024  # all records of one job; beyond it the job is stopped
+MAX_RECORDS_BYTES = 64 * 1024 * 1024  # records of one job besides each case's first; beyond it the job is stopped
 # Both well inside the host's margin (batch.py WORKER_MARGIN_S): a worker that cannot clean up
 # or reap in time still answers, with "retire", before the host gives up on it.
 CLEAN_TIMEOUT_S = 5.0
@@ -1153,6 +1153,7 @@ class _Verdicts:
         self.clock: float | None = None  # when the next case's time started (the server's clock)
         self.overran: int | None = None  # the case the server's clock ended
         self.allowances: dict[int, float] = {}  # time to encode each case's value, by its expected size
+        self.accepted = 0  # bytes of the records taken: one per case, each within MAX_RECORD_BYTES
 
     def ready(self, now: float) -> None:
         """The solution ran: the first case's time starts."""
@@ -1199,6 +1200,7 @@ class _Verdicts:
         if record.get("status") not in allowed:
             return False  # a claim no harness makes (a case "passed"): ignored, the case still needs its record
         self.records[index] = (record, size)
+        self.accepted += size
         judged = False
         while self.next in self.records and not self._done():
             self._judge(self.next, *self.records.pop(self.next))
@@ -1301,6 +1303,12 @@ class _Records:
         self.compiles = program is not None and LANGUAGES[program.language].compile is not None
         self.compile: StageReport | None = None
         self.build: str | None = None
+
+    def flooded(self) -> bool:
+        """More than MAX_RECORDS_BYTES on the pipe besides each case's one record (HumanEval/15's
+        outputs alone are more than that: one record per case is bounded by the case count)."""
+        accepted = self.verdicts.accepted if self.verdicts is not None else 0
+        return self.total - accepted > MAX_RECORDS_BYTES
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -1551,7 +1559,7 @@ class _Server:
                 compiling = False
                 run_started = time.monotonic()
                 deadline = run_started + timeout
-            if sum(cap.total for cap in caps.values()) > hard_limit or records.total > MAX_RECORDS_BYTES:
+            if sum(cap.total for cap in caps.values()) > hard_limit or records.flooded():
                 status = "output_limit"
                 break
             if records.stop and not exited:

@@ -722,7 +722,9 @@ class _Budget:
             size = len(text.encode())
         except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
             return truncated(0) if typed else self.text("<a value that cannot be shown>")
-        if size <= self.left and _depth(value) <= _MAX_DEPTH:
+        # The depth walk only where the text has enough brackets to be that deep.
+        deep = text.count("[") + text.count("{") > _MAX_DEPTH and _depth(value) > _MAX_DEPTH
+        if size <= self.left and not deep:
             self.left -= size
             return value
         if typed:

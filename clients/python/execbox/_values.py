@@ -162,10 +162,10 @@ def _encode(value: Any, depth: int) -> Any:
         if kind is float:
             return _float(value)
         if kind is list:
-            plain = _plain(value)
+            plain = _plain(value) if len(value) >= _PLAIN_MIN else None
             return plain if plain is not None else [_encode(v, depth + 1) for v in value]
         if kind is tuple:
-            plain = _plain(value)
+            plain = _plain(value) if len(value) >= _PLAIN_MIN else None
             return {"$tuple": plain if plain is not None else [_encode(v, depth + 1) for v in value]}
         if kind is dict:
             return {"$dict": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
@@ -180,6 +180,7 @@ def _encode(value: Any, depth: int) -> Any:
 
 
 _PLAIN: Final = frozenset({str, bool, type(None)})
+_PLAIN_MIN: Final = 32  # shorter lists gain nothing from the check
 
 
 def _plain(items: list[Any] | tuple[Any, ...]) -> list[Any] | None:
