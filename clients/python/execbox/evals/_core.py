@@ -21,7 +21,14 @@ from execbox._progress import progress_bar
 from execbox.evals.datasets import Problem
 from execbox.feedback import FeedbackStyle, render_feedback
 
-__all__ = ["EvalIncompleteError", "EvalReport", "OnServiceError", "SampleResult", "evaluate", "pass_at_k"]
+__all__ = [
+    "EvalIncompleteError",
+    "EvalReport",
+    "OnServiceError",
+    "SampleResult",
+    "evaluate",
+    "pass_at_k",
+]
 
 OnServiceError = Literal["raise", "mark"]
 RETRIES = 2  # a job the service could not run is sent this many more times

@@ -255,7 +255,7 @@ def compute_groundtruth(
     try:
         while todo:
             again: list[_Pending] = []
-            for result in client.batch_stream([p.job() for p in todo]):
+            for result in client.batch_stream(p.job() for p in todo):
                 item = todo[result.index]
                 if result.status is JobStatus.SERVICE_ERROR:
                     key = f"{item.task.task_id}:{item.suite}"
