@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import pytest
 
 from execbox import AsyncClient, Client, ErrorReason, SessionNotFoundError
 from tests.conftest import docker_ok, execbox_containers, instance_of
+from tests.support.cluster import free_port_on_all
 from tests.support.server import LocalServer
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -78,27 +78,12 @@ class Instance:
         )
 
 
-def port_free_on_all() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((HOSTS[0], 0))
-            port = int(s.getsockname()[1])
-        try:
-            for host in HOSTS[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no port free on all of {HOSTS}")
-
-
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Instance]]:
     if not docker_ok():
         pytest.fail("integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)")
     logs = tmp_path_factory.mktemp("sdk-multinode")
-    port = port_free_on_all()
+    port = free_port_on_all(HOSTS)
     # Short state dirs: kernel socket paths must stay under the unix limit. Node names of their own:
     # names are unique among the live instances on one engine, and other tests' clusters may be up.
     with tempfile.TemporaryDirectory(prefix="ebx-sdk-") as tmp:

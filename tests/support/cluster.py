@@ -37,6 +37,7 @@ __all__ = [
     "ZoneDns",
     "cluster",
     "ensure_haproxy",
+    "free_port_on_all",
     "metric",
     "render_deploy",
     "start_proxy",
@@ -79,7 +80,7 @@ def ensure_haproxy() -> str:
     return "/usr/sbin/haproxy"
 
 
-def _free_port(hosts: Sequence[str]) -> int:
+def free_port_on_all(hosts: Sequence[str]) -> int:
     """A port free on every one of ``hosts`` (the instances share one port on their own addresses)."""
     for _ in range(50):
         with socket.socket() as s:
@@ -216,8 +217,8 @@ def static_proxy_values(nodes: Sequence[Node]) -> dict[str, Any]:
     values: dict[str, Any] = render.static_values(
         [(n.name, n.host, n.port) for n in nodes],
         bind="127.0.0.1",
-        port=_free_port(["127.0.0.1"]),
-        stats_port=_free_port(["127.0.0.1"]),
+        port=free_port_on_all(["127.0.0.1"]),
+        stats_port=free_port_on_all(["127.0.0.1"]),
         maxconn=1000,
     )
     # Faster health checks than the chart's default: the tests wait for HAProxy to see a node go down.
@@ -265,7 +266,7 @@ def cluster(settings: Mapping[str, str], *, count: int = 3, workdir: Path | None
     The state dirs are short paths under /tmp (unix socket paths are limited to 107 bytes).
     """
     hosts = NODE_HOSTS[:count]
-    port = _free_port(hosts)
+    port = free_port_on_all(hosts)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebx-")))
         logs = workdir or tmp
