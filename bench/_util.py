@@ -5,7 +5,9 @@ from __future__ import annotations
 import platform
 import statistics
 import subprocess
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 
 def pct(values: list[float], p: float) -> float:
@@ -38,3 +40,17 @@ def machine() -> str:
 def header(title: str) -> None:
     print(f"\n=== {title}")
     print(f"    {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}")
+
+
+def raw_print1_trips(kc: Any, count: int, *, warmup: int = 20, timeout: float = 30) -> list[float]:
+    """``print(1)`` round trips (seconds) through a started ``jupyter_client`` client: the raw
+    baseline execbox's REST round trip is compared with. The first cells pay for imports and
+    caches, so ``warmup`` of them are not counted."""
+    for _ in range(warmup):
+        kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=timeout)
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=timeout)
+        times.append(time.perf_counter() - t0)
+    return times

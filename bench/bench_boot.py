@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # _util, bench_core
 
 import docker
 
-from _util import header, pct
+from _util import header, pct, raw_print1_trips
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker.containers import SANDBOX_UID, container_args, sandbox_message_cap
 from execbox_server.backends.docker.kernels import _WARM_UP, seal_dir
@@ -437,13 +437,7 @@ def _raw_host_rtt(count: int) -> list[float]:
             kc = km.client()
             kc.start_channels()
             kc.wait_for_ready(timeout=120)
-            for _ in range(20):
-                kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=30)
-            times = []
-            for _ in range(count):
-                t0 = time.perf_counter()
-                kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=30)
-                times.append(time.perf_counter() - t0)
+            times = raw_print1_trips(kc, count)
             kc.stop_channels()
             return times
         finally:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.support
 sys.path.insert(0, str(Path(__file__).parent))  # _util
 from tests.support.server import local_server
 
-from _util import header, pct, summary_ms
+from _util import header, pct, raw_print1_trips, summary_ms
 from execbox import Client
 from execbox_server.backends.base import SandboxSpec
 from execbox_server.backends.docker import DockerBackend
@@ -151,13 +151,7 @@ def bench_raw_rtt(image: str) -> list[float]:
         kc.load_connection_info({**info, "ip": f"{d}/k", "key": key.encode()})
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        for _ in range(20):
-            kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=10)
-        times = []
-        for _ in range(RTT_N):
-            t0 = time.perf_counter()
-            kc.execute_interactive("print(1)", output_hook=lambda m: None, timeout=10)
-            times.append(time.perf_counter() - t0)
+        times = raw_print1_trips(kc, RTT_N, timeout=10)
         kc.stop_channels()
         return times
     finally:
