@@ -260,7 +260,7 @@ def _float(value: float) -> Any:
 # more, from the size of the *expected* value (the requester's word, not the job's): a value sent
 # whole is encoded, written and parsed (~1 MB/s on a crowded machine), a bigger one only hashed.
 ENCODE_S_PER_BYTE: Final = 1e-6
-DIGEST_S_PER_BYTE: Final = 3e-7
+DIGEST_S_PER_BYTE: Final = 2e-7
 
 
 def encode_allowance_s(size: int) -> float:

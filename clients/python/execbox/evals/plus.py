@@ -63,6 +63,7 @@ TIMEOUT_PER_TASK_S = 60.0
 # untrusted_check adds 1 s to the set's budget and joins the process 1 s after that.
 _SET_GRACE_S = 2.0
 _RETRIES = 2
+MAX_JOB_TIMEOUT_S = 300.0  # EXECBOX_MAX_TIMEOUT_S's default
 # An expected value bigger than this goes to the worker as its digest (see _sent_as_digest).
 SEND_WHOLE_BYTES = 1024 * 1024
 KS = (1, 10, 100)
@@ -315,7 +316,8 @@ def _suite(dataset: Dataset, task: PlusTask, name: str, truth: SuiteTruth, *, fa
     )
     # Plus the time the right answers take to encode after their calls (outside EvalPlus's limits
     # too), which only matters for outputs of many megabytes (Mbpp/255: ~1 GB of them).
-    budget = min(TIMEOUT_PER_TASK_S, sum(limits)) + _SET_GRACE_S + encoding
+    # At most a service's default largest timeout: Mbpp/255's ~1 GB of outputs would ask for more.
+    budget = min(min(TIMEOUT_PER_TASK_S, sum(limits)) + _SET_GRACE_S + encoding, MAX_JOB_TIMEOUT_S)
     return _Suite(task, name, inputs, spec, budget)
 
 
