@@ -343,6 +343,6 @@ def test_expected_values_over_a_megabyte_are_sent_as_digests_unless_they_hold_fl
 def test_a_set_of_huge_outputs_asks_no_more_time_than_a_service_allows() -> None:
     # Mbpp/255: ~1 GB of outputs, hashed in the sandbox; the job's timeout stays within 300 s.
     task = PlusTask("T/0", "", "f", GOOD, [[1]], [], 0.0)
-    huge = {"$digest": "sha256:" + "0" * 64, "bytes": 10**9, "floats": False}
+    huge = {"$digest": "sha256:" + "0" * 64, "bytes": 2 * 10**9, "floats": False}
     suite = _suite(dataset(task).name, task, "base", SuiteTruth([huge], [0.001]), factor=4.0, floor=1.0)
     assert suite.timeout_s == 300.0 and (suite.spec.cases or [])[0].expected == huge
