@@ -21,20 +21,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from execbox import Client
 from execbox._values import MAX_VALUE_BYTES
 from execbox.evals import Dataset, PlusDataset, compute_groundtruth, evaluate_plus, load_evalplus
 from execbox.evals.groundtruth import GroundTruthError
+from tests.support.browser import headless_chromium
 
 EVALPLUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "evalplus"
 RELEASES = {
@@ -295,21 +294,6 @@ def test_an_output_bigger_than_the_job_memory_is_reported_and_the_service_goes_o
 # ---------------------------------------------------------------- the HTML report in a browser
 
 
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (CI runs as root on Debian)."""
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False, capture_output=True, timeout=1200
-        )
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.fail("the report test needs Debian's chromium: apt-get install chromium")
-    return found
-
-
 class DevTools:
     """Just enough of the Chrome DevTools Protocol: navigate, read the rendered text, screenshot."""
 
@@ -343,42 +327,12 @@ class DevTools:
 
 @contextmanager
 def browser_page() -> Iterator[DevTools]:
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen(
-            [
-                chromium(),
-                "--headless",
-                "--no-sandbox",  # root in CI; the page is our own file and runs no script
-                "--disable-gpu",
-                "--hide-scrollbars",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "--window-size=1200,1500",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    with headless_chromium("the report test", window="1200,1500") as ws_url:
+        tools = DevTools(ws_url)
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text().strip()):
-                assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-                time.sleep(0.1)
-            port = int(port_file.read_text().splitlines()[0])
-            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json() if t["type"] == "page"]
-            tools = DevTools(pages[0]["webSocketDebuggerUrl"])
-            try:
-                yield tools
-            finally:
-                tools.close()
+            yield tools
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            tools.close()
 
 
 def test_the_html_report_shows_the_numbers_in_a_browser(url: str, tmp_path: Path, cache: Path) -> None:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +33,7 @@ import websocket
 
 from tests.conftest import execbox_containers, instance_of
 from tests.integration.test_gateway import warm_kernel_ready
+from tests.support.browser import headless_chromium
 from tests.support.server import LocalServer, free_port, start_server
 
 KEY, OTHER_KEY = "lab-key", "someone-elses-key"
@@ -66,21 +65,6 @@ def keyed(key: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the browser
-
-
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (CI runs as root on Debian)."""
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False, capture_output=True, timeout=1200
-        )
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.fail("the JupyterLab test needs Debian's chromium: apt-get install chromium")
-    return found
 
 
 class Page:
@@ -279,48 +263,15 @@ def lab(execbox: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     artifacts = tmp_path_factory.mktemp("browser")
-    with tempfile.TemporaryDirectory() as profile:
-        argv = [
-            chromium(),
-            "--headless",
-            "--no-sandbox",  # root in CI; the only pages are JupyterLab's on loopback
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1280,860",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            # Any address but loopback (never proxied) goes to a closed port: nothing leaves.
-            "--proxy-server=http://127.0.0.1:9",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "about:blank",
-        ]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with headless_chromium("the JupyterLab test", window="1280,860") as ws_url:
+        tab = Page(ws_url, artifacts)
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text().strip()):
-                assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-                time.sleep(0.1)
-            port = int(port_file.read_text().splitlines()[0])
-            targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
-            tab = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"], artifacts)
-            try:
-                tab.call("Runtime.enable")
-                tab.call("Page.enable")
-                tab.call("Network.enable")
-                yield tab
-            finally:
-                tab.close()
+            tab.call("Runtime.enable")
+            tab.call("Page.enable")
+            tab.call("Network.enable")
+            yield tab
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            tab.close()
 
 
 @pytest.fixture(scope="module")

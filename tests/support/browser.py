@@ -1,0 +1,79 @@
+"""Debian's headless Chromium for the tests that look at a page (the EvalPlus HTML report,
+JupyterLab on execbox kernels): found or installed, started on its own profile with the DevTools
+protocol on a free port, and nothing sent anywhere but loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+__all__ = ["chromium", "headless_chromium"]
+
+
+def chromium(purpose: str) -> str:
+    """Debian's chromium, installed with apt-get when missing (CI runs as root on Debian)."""
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False, capture_output=True, timeout=1200
+        )
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.fail(f"{purpose} needs Debian's chromium: apt-get install chromium")
+    return found
+
+
+@contextmanager
+def headless_chromium(purpose: str, *, window: str, args: Sequence[str] = ()) -> Iterator[str]:
+    """A headless Chromium with one blank tab; yields that tab's DevTools websocket URL.
+
+    Raises:
+        AssertionError: Chromium exited or did not open its DevTools port within a minute.
+    """
+    with tempfile.TemporaryDirectory() as profile:
+        argv = [
+            chromium(purpose),
+            "--headless",
+            "--no-sandbox",  # root in CI; the only pages are the test's own, on loopback
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={window}",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            # Any address but loopback (never proxied) goes to a closed port: nothing leaves.
+            "--proxy-server=http://127.0.0.1:9",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            *args,
+            "about:blank",
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 60
+            while not (port_file.exists() and port_file.read_text().strip()):
+                assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
+                time.sleep(0.1)
+            port = int(port_file.read_text().splitlines()[0])
+            targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
+            yield str(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
