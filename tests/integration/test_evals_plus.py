@@ -33,7 +33,7 @@ from execbox import Client
 from execbox._values import MAX_VALUE_BYTES
 from execbox.evals import Dataset, PlusDataset, compute_groundtruth, evaluate_plus, load_evalplus
 from execbox.evals.groundtruth import GroundTruthError
-from tests.support.browser import headless_chromium
+from tests.support.browser import DevTools, headless_chromium
 
 EVALPLUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "evalplus"
 RELEASES = {
@@ -292,37 +292,6 @@ def test_an_output_bigger_than_the_job_memory_is_reported_and_the_service_goes_o
 
 
 # ---------------------------------------------------------------- the HTML report in a browser
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools Protocol: navigate, read the rendered text, screenshot."""
-
-    def __init__(self, ws_url: str) -> None:
-        import websocket
-
-        self._ws = websocket.create_connection(ws_url, timeout=60)
-        self._next = 0
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        ident = self._next
-        self._ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:
-            message = json.loads(self._ws.recv())
-            if message.get("id") == ident:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                result: dict[str, Any] = message["result"]
-                return result
-
-    def wait_event(self, name: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if json.loads(self._ws.recv()).get("method") == name:
-                return
-        raise TimeoutError(name)
-
-    def close(self) -> None:
-        self._ws.close()
 
 
 @contextmanager

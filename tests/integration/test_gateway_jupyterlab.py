@@ -29,11 +29,10 @@ from typing import Any
 import docker
 import httpx
 import pytest
-import websocket
 
 from tests.conftest import execbox_containers, instance_of
 from tests.integration.test_gateway import warm_kernel_ready
-from tests.support.browser import headless_chromium
+from tests.support.browser import DevTools, headless_chromium
 from tests.support.server import LocalServer, free_port, start_server
 
 KEY, OTHER_KEY = "lab-key", "someone-elses-key"
@@ -67,7 +66,7 @@ def keyed(key: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------ the browser
 
 
-class Page:
+class Page(DevTools):
     """One browser tab over the Chrome DevTools Protocol: script, mouse, keyboard, screenshot.
 
     Waits are on conditions evaluated in the page, each with its own deadline; a missed one
@@ -75,32 +74,20 @@ class Page:
     """
 
     def __init__(self, ws_url: str, artifacts: Path) -> None:
-        # Chromium refuses DevTools websockets that send an Origin it was not told to allow.
-        self._ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
-        self._next = 0
+        super().__init__(ws_url)
         self._artifacts = artifacts
         self.console: list[str] = []
         # The kernel websocket's last frames, for the message of a missed wait.
         self.frames: deque[str] = deque(maxlen=40)
 
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        ident = self._next
-        self._ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:
-            message = json.loads(self._ws.recv())
-            if message.get("id") == ident:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                result: dict[str, Any] = message["result"]
-                return result
-            event = message.get("method")
-            if event == "Runtime.consoleAPICalled":
-                args = message["params"]["args"]
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
-            elif event in ("Network.webSocketFrameSent", "Network.webSocketFrameReceived"):
-                payload = message["params"]["response"]["payloadData"]
-                self.frames.append(f"{event[24:]}: {payload[:400]}")
+    def on_event(self, message: dict[str, Any]) -> None:
+        event = message.get("method")
+        if event == "Runtime.consoleAPICalled":
+            args = message["params"]["args"]
+            self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+        elif event in ("Network.webSocketFrameSent", "Network.webSocketFrameReceived"):
+            payload = message["params"]["response"]["payloadData"]
+            self.frames.append(f"{event[24:]}: {payload[:400]}")
 
     def js(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -153,9 +140,6 @@ class Page:
 
     def screenshot(self) -> bytes:
         return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
-
-    def close(self) -> None:
-        self._ws.close()
 
 
 # ------------------------------------------------------------------------------ fixtures

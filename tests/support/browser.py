@@ -4,6 +4,7 @@ protocol on a free port, and nothing sent anywhere but loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,11 +13,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websocket
 
-__all__ = ["chromium", "headless_chromium"]
+__all__ = ["DevTools", "chromium", "headless_chromium"]
 
 
 def chromium(purpose: str) -> str:
@@ -77,3 +80,45 @@ def headless_chromium(purpose: str, *, window: str, args: Sequence[str] = ()) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class DevTools:
+    """One tab over the Chrome DevTools Protocol: a command and its answer; the events that
+    arrive meanwhile go to :meth:`on_event` (nothing by default)."""
+
+    def __init__(self, ws_url: str) -> None:
+        # Chromium refuses DevTools websockets that send an Origin it was not told to allow.
+        self._ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self._next = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next += 1
+        ident = self._next
+        self._ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(self._ws.recv())
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message["result"]
+                return result
+            self.on_event(message)
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        """An event that arrived while a command waited for its answer."""
+
+    def wait_event(self, name: str, deadline: float) -> None:
+        """Read events until ``name`` arrives.
+
+        Raises:
+            TimeoutError: the deadline passed first.
+        """
+        while time.monotonic() < deadline:
+            message = json.loads(self._ws.recv())
+            if message.get("method") == name:
+                return
+            self.on_event(message)
+        raise TimeoutError(name)
+
+    def close(self) -> None:
+        self._ws.close()
