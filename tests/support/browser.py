@@ -4,9 +4,11 @@ protocol on a free port, and nothing sent anywhere but loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,7 +46,8 @@ def headless_chromium(purpose: str, *, window: str, args: Sequence[str] = ()) ->
     Raises:
         AssertionError: Chromium exited or did not open its DevTools port within a minute.
     """
-    with tempfile.TemporaryDirectory() as profile:
+    profile = tempfile.mkdtemp(prefix="execbox-chromium-")
+    try:
         argv = [
             chromium(purpose),
             "--headless",
@@ -63,7 +66,18 @@ def headless_chromium(purpose: str, *, window: str, args: Sequence[str] = ()) ->
             *args,
             "about:blank",
         ]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own process group: the renderers and crash handler it forks keep writing to the
+        # profile after the browser process exits unless the whole group is stopped.
+        # Its scratch files (org.chromium.Chromium.*) go inside the profile, removed with it.
+        scratch = Path(profile) / "tmp"
+        scratch.mkdir()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(scratch)},
+            start_new_session=True,
+        )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + 60
@@ -74,12 +88,39 @@ def headless_chromium(purpose: str, *, window: str, args: Sequence[str] = ()) ->
             targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json()
             yield str(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+    finally:
+        _remove_profile(Path(profile))
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to Chromium's process group, SIGKILL to what is left after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _remove_profile(profile: Path) -> None:
+    """Remove the profile; a child that outlived its group (re-parented helpers) may still be
+    finishing a write, so a non-empty directory is retried for a few seconds, then left."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                shutil.rmtree(profile, ignore_errors=True)
+                return
+            time.sleep(0.2)
 
 
 class DevTools:
