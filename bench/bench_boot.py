@@ -518,6 +518,12 @@ def main() -> None:
     parser.add_argument(
         "--server-path", action="append", default=[], help="a checkout's service/ dir to run the server from (repeat)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="headline once per variant, same run: NAME:k=v,k=v (e.g. boot:restore=off restore:restore=auto)",
+    )
     parser.add_argument("--skip-raw", action="store_true", help="no raw jupyter_client baseline")
     args = parser.parse_args()
     if args.part in ("breakdown", "all"):
@@ -533,8 +539,13 @@ def main() -> None:
         run_engine_ab(args.n, args.docker_url, Path(args.exec_root))
     if args.part in ("headline", "all"):
         extra = dict(kv.split("=", 1) for kv in args.set)
+        variants = [v.split(":", 1) for v in args.variant] or [["", ""]]
         for path in args.server_path or [None]:
-            run_headline(args.sustained, args.burst, args.idle, args.rtt, extra, path)
+            for name, kvs in variants:
+                settings = {**extra, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}
+                if name:
+                    header(f"variant {name}")
+                run_headline(args.sustained, args.burst, args.idle, args.rtt, settings, path)
         if not args.skip_raw:
             raw = _raw_host_rtt(args.rtt)
             _row("print(1) raw jupyter_client, host kernel p50", f"{_ms(raw, 50)} ms (p90 {_ms(raw, 90)})", "")

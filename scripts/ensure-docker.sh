@@ -34,8 +34,12 @@ fi
 # Debian's package may put its client in /usr/bin while an older client sits first on PATH;
 # both speak to the same socket, so either is fine.
 log_file=${EXECBOX_DOCKERD_LOG:-/var/log/execbox-dockerd.log}
-log "Starting dockerd in the background (--bridge=none --iptables=false), log: $log_file"
-nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$log_file" 2>&1 &
+# execbox's runtime (runc, plus restoring kernels from a checkpoint; scripts/execbox-runtime).
+# The service uses it only when CRIU works here (scripts/ensure-criu.sh) and boots kernels
+# otherwise; an engine started without it just means booting.
+runtime="$(cd "$(dirname "$0")" && pwd)/execbox-runtime"
+log "Starting dockerd in the background (--bridge=none --iptables=false, runtime execbox), log: $log_file"
+nohup dockerd --bridge=none --iptables=false --ip6tables=false --add-runtime "execbox=$runtime" >"$log_file" 2>&1 &
 
 deadline=$((SECONDS + 60))
 until engine_up; do

@@ -164,12 +164,91 @@ def _drop_privileges() -> None:
     os.setgroups([])
     os.setgid(SANDBOX_UID)
     os.setuid(SANDBOX_UID)
-    if os.getuid() == 0 or os.geteuid() == 0:
+    if 0 in os.getresuid() or 0 in os.getresgid():
         raise SystemExit("execbox kernel: could not drop root")
 
 
+# ------------------------------------------------------------------ templates (restore)
+#
+# With restore on, the service boots one *template* kernel, checkpoints it (CRIU) and restores
+# that image into each new sandbox container instead of booting there. The template differs
+# from a normal kernel in two ways:
+# - it keeps root as its saved uid until after the restore, running as the sandbox user
+#   meanwhile (real and effective ids): where root lacks CAP_SYS_RESOURCE, CRIU cannot dump a
+#   process of another uid, so the template takes root back just before the dump. Files it
+#   creates (matplotlib's cache, IPython's dir) are the sandbox user's, as in a booted kernel.
+# - the host drives those steps with cells run outside the history, before any user code
+#   (module ``_execbox_template`` below): ``prepare_checkpoint()`` before the dump, and in each
+#   restored copy ``rekey(key, session)``, which takes the key and Jupyter session id that are
+#   this sandbox's own, renews every seeded random state the image carries, then gives up root
+#   for good. Every restored copy starts as the same bytes; this is what makes it its own.
+#   (Cells rather than messages of our own: with ipykernel 7.4 a reply from a custom handler
+#   sat unsent in the kernel.)
+
+TEMPLATE_ENV = "EXECBOX_KERNEL_TEMPLATE"
+
+
+def _act_as_sandbox_user() -> None:
+    os.setgroups([])
+    os.setresgid(SANDBOX_UID, SANDBOX_UID, 0)
+    os.setresuid(SANDBOX_UID, SANDBOX_UID, 0)
+
+
+def _reseed() -> None:
+    """New seeds for every generator the image froze: restored copies must not share a stream."""
+    import random
+    import tempfile
+
+    random.seed()
+    # tempfile's name generator is a Random created on first use: a fresh one on next use.
+    tempfile._name_sequence = None  # type: ignore[attr-defined]
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # the legacy global RandomState (np.random.rand and friends)
+    ssl = sys.modules.get("ssl")
+    if ssl is not None:
+        ssl.RAND_add(os.urandom(64), 64.0)
+
+
+def _template_module() -> object:
+    import types
+
+    module = types.ModuleType("_execbox_template")
+    state = {"rekeyed": False}
+
+    def prepare_checkpoint() -> None:
+        if state["rekeyed"]:
+            raise RuntimeError("not a template")
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+
+    def rekey(key: str, session_id: str) -> None:
+        from IPython import get_ipython
+
+        if state["rekeyed"] or len(key) < 32:
+            raise RuntimeError("refused")
+        state["rekeyed"] = True
+        session = get_ipython().kernel.session  # type: ignore[union-attr]
+        # This cell's own reply and everything after it are signed with the new key.
+        session.key = key.encode()
+        session.session = session_id
+        _reseed()
+        try:
+            _drop_privileges()
+        except BaseException:
+            os._exit(70)  # a kernel that kept root must not serve anyone; the host sees it exit
+
+    module.prepare_checkpoint = prepare_checkpoint  # type: ignore[attr-defined]
+    module.rekey = rekey  # type: ignore[attr-defined]
+    return module
+
+
 def main() -> None:
-    _drop_privileges()
+    template = os.environ.get(TEMPLATE_ENV) == "1"
+    if template:
+        _act_as_sandbox_user()
+    else:
+        _drop_privileges()
     _seed_matplotlib_cache()
     _install_output_caps()
     _preimport()
@@ -182,6 +261,8 @@ def main() -> None:
         # post-execute hook, so plots come back as image/png without the user asking.
         "--IPKernelApp.exec_lines=import matplotlib.pyplot as _execbox_plt; del _execbox_plt",
     ]
+    if template:
+        sys.modules["_execbox_template"] = _template_module()  # type: ignore[assignment]
     kernelapp.launch_new_instance(argv=argv)
 
 

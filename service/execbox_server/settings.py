@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     pids_limit: int = Field(224, ge=16, description="Process/thread limit of a sandbox.")
     tmpfs_mb: int = Field(256, ge=8, description="Size of the sandbox's writable work directory (and of /tmp).")
     preimport: str = Field("numpy,matplotlib", description="Modules warm kernels import in advance.")
+    restore: Literal["auto", "off"] = Field(
+        "auto",
+        description="Start kernels by restoring a checkpoint of one warm template kernel instead of booting each. "
+        "auto: where this machine can (CRIU >= 4.2 at EXECBOX_CRIU_PATH, the engine's EXECBOX_RESTORE_RUNTIME "
+        "runtime, the service on the engine's host), else boot, with the reason in /v1/info and the log; off: boot.",
+    )
+    restore_runtime: str = Field(
+        "execbox", description="The engine's name for scripts/execbox-runtime (dockerd --add-runtime NAME=PATH)."
+    )
+    criu_path: Path = Field(
+        Path("/opt/execbox/criu/bin/criu"), description="CRIU >= 4.2 (scripts/ensure-criu.sh installs it there)."
+    )
 
     # --- pool
     min_ready: int = Field(2, ge=0, description="Warm kernels kept ready.")

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from execbox._codes import ErrorCode
 from execbox_server.backends.base import (
     FileRequestError,
+    KernelStarts,
     SandboxBackend,
     SandboxGone,
     SandboxSpec,
@@ -366,6 +367,8 @@ class FakeBackend:
         instance_id: str = "fake00000001",
     ) -> None:
         self.instance_id = instance_id
+        # Fake kernels start in the test process: neither restored nor booted in a container.
+        self.kernel_starts = KernelStarts(mode="boot", reason="a fake backend")
         self.max_file_bytes = max_file_bytes
         # Knobs: faults to inject.
         self.engine_down = False

@@ -654,6 +654,16 @@ class InfoLoad(_Model):
     load_average_1m: float = Field(description="The machine's 1-minute load average.")
 
 
+class InfoKernelStart(_Model):
+    mode: Literal["restore", "boot"] = Field(
+        description="restore: new kernels are restored from a checkpoint of a warm template kernel, each into its "
+        "own container; boot: each boots (EXECBOX_RESTORE, README: Fresh sessions)."
+    )
+    reason: str | None = Field(None, description="Why kernels boot rather than restore; null when they restore.")
+    restored: int = Field(description="Kernels restored since start-up.")
+    booted: int = Field(description="Kernels booted since start-up (the template's and fall-backs included).")
+
+
 class Info(_Model):
     """``GET /v1/info``: what a proxy, an autoscaler or a multi-node client needs to know of one instance."""
 
@@ -664,6 +674,9 @@ class Info(_Model):
     image: InfoImage
     capacity: InfoCapacity
     load: InfoLoad
+    # Optional: a server from before restore existed does not send it, and the SDK must still
+    # place work on it.
+    kernel_start: InfoKernelStart | None = Field(None, description="How new kernels start on this instance.")
 
 
 class ErrorEnvelope(_Model):

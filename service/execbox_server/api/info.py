@@ -12,7 +12,7 @@ import os
 from fastapi import APIRouter, Request
 
 from execbox._codes import ErrorCode
-from execbox._models import Info, InfoCapacity, InfoImage, InfoLoad
+from execbox._models import Info, InfoCapacity, InfoImage, InfoKernelStart, InfoLoad
 from execbox_server.api.deps import Services, ServicesDep
 from execbox_server.api.openapi import error_responses
 from execbox_server.batch import batch_lanes
@@ -41,6 +41,7 @@ def describe(services: Services, *, image: InfoImage, version: str, accepting: b
     s = services.settings
     pool = services.pool.stats()
     batch = services.batch.stats()
+    starts = services.backend.kernel_starts
     return Info(
         node=s.node_name,
         instance_id=services.backend.instance_id,
@@ -68,5 +69,11 @@ def describe(services: Services, *, image: InfoImage, version: str, accepting: b
             batch_workers_alive=batch["alive"],
             batch_workers_busy=max(0, batch["alive"] - batch["idle"]),
             load_average_1m=round(os.getloadavg()[0], 2),
+        ),
+        kernel_start=InfoKernelStart(
+            mode="restore" if starts.mode == "restore" else "boot",
+            reason=starts.reason,
+            restored=starts.restored,
+            booted=starts.booted,
         ),
     )

@@ -28,6 +28,7 @@ __all__ = [
     "Backend",
     "FileRequestError",
     "KernelChannel",
+    "KernelStarts",
     "Sandbox",
     "SandboxBackend",
     "SandboxControl",
@@ -60,6 +61,17 @@ class SandboxStatus(StrEnum):
 class SandboxState:
     status: SandboxStatus
     exit_code: int | None = None
+
+
+@dataclass(slots=True)
+class KernelStarts:
+    """How kernels start on this instance (GET /v1/info): restored from a checkpoint of a warm
+    template, or booted, and why not restored."""
+
+    mode: str = "boot"  # "restore" | "boot"
+    reason: str | None = "not decided yet"
+    restored: int = 0
+    booted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +244,9 @@ class ServiceBackend(SandboxBackend[Any], WorkerBackend[Any], Protocol):
 
     @property
     def instance_id(self) -> str: ...
+
+    @property
+    def kernel_starts(self) -> KernelStarts: ...
 
     async def open(self) -> None:
         """Connect and claim this instance's resources. Raises EngineUnavailable."""

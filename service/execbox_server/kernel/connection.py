@@ -129,6 +129,18 @@ class ConnectionFiles:
             path.chmod(0o444)
         return files
 
+    @classmethod
+    def for_restore(cls, host_dir: Path, *, key: str, sandbox_uid: int = 1000) -> ConnectionFiles:
+        """The directory for a kernel restored from a template: no connection file (the kernel
+        does not read one; CRIU binds its sockets here again), and the template's key until
+        the kernel is given its own (KernelConnection.rekey)."""
+        host_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        try:
+            os.chown(host_dir, sandbox_uid, sandbox_uid)
+        except PermissionError:
+            host_dir.chmod(0o777)
+        return cls(host_dir=host_dir, key=key)
+
     def endpoint(self, port_name: str) -> str:
         return f"ipc://{self.socket_path(port_name)}"
 
@@ -445,6 +457,68 @@ class KernelConnection:
                 raise KernelNotReady(f"kernel broke the protocol during warm-up: {event.reason}")
             replied = replied or isinstance(event, Reply)
             idle = idle or isinstance(event, Idle)
+
+    async def prepare_checkpoint(self, timeout: float) -> None:
+        """Ask a template kernel to get ready to be checkpointed (it takes back root; see
+        execbox_kernel.py). Outside the history, like the warm-up.
+
+        Raises:
+            KernelNotReady: the kernel refused or did not answer in time.
+        """
+        code = "import _execbox_template as _xb_t\n_xb_t.prepare_checkpoint()\ndel _xb_t"
+        await self._template_cell(code, timeout, rekey_to=None)
+
+    async def rekey(self, timeout: float) -> str:
+        """Give a kernel restored from a template its own key and session id; return the key.
+
+        The cell is signed with the template's key, which every copy of the template shares;
+        the kernel switches inside it, so its reply arrives under the new key and proves the
+        switch. A kernel_info round trip then proves both directions before anyone else can
+        send it anything. Neither key is stored in the history.
+
+        Raises:
+            KernelNotReady: the kernel refused, did not answer in time, or not under the new key.
+        """
+        deadline = time.monotonic() + timeout
+        key = secrets.token_hex(32)
+        code = f"import _execbox_template as _xb_t\n_xb_t.rekey({key!r}, {secrets.token_hex(16)!r})\ndel _xb_t"
+        await self._template_cell(code, timeout, rekey_to=key)
+        await self.wait_ready(max(0.0, deadline - time.monotonic()))
+        return key
+
+    async def _template_cell(self, code: str, timeout: float, *, rekey_to: str | None) -> None:
+        deadline = time.monotonic() + timeout
+        while self._shell is None or self._iopub is None:
+            if time.monotonic() >= deadline:
+                raise KernelNotReady("the kernel's sockets are not there")
+            await self._connect()
+            await asyncio.sleep(0.0 if self._shell is not None and self._iopub is not None else 0.02)
+        self._drain()
+        msg_id = self._send(self._shell, "execute_request", _execute_content(code, store_history=False))
+        if rekey_to is not None:
+            # From the cell on, the kernel signs with the new key: what it sent before under
+            # the old one no longer verifies and is skipped.
+            self._session = Session(key=rekey_to.encode(), signature_scheme="hmac-sha256", username="execbox")
+        status: str | None = None
+        idle = False
+        while status is None or not idle:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KernelNotReady(f"the kernel did not finish a template step within {timeout:.1f}s")
+            await self._wait(min(remaining, 0.2))
+            for wire in (self._shell, self._iopub):
+                while (frames := wire.pop()) is not None:
+                    msg = self._parse(frames)
+                    if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    if msg["msg_type"] == "execute_reply":
+                        status = str(msg["content"].get("status"))
+                        if status != "ok":
+                            reason = f"{msg['content'].get('ename')}: {msg['content'].get('evalue')}"
+                            raise KernelNotReady(f"the kernel refused a template step: {reason[:300]}")
+                    elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                        idle = True
+        self._drain()
 
     def mute_output(self) -> int:
         """Unsubscribe from IOPub and drop what is queued, unparsed; returns the bytes dropped.

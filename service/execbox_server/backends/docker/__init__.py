@@ -3,7 +3,9 @@
     engine.py      the docker-py client, engine calls under deadlines in per-purpose pools,
                    instance ownership and orphan reaping
     containers.py  the container flags every sandbox gets
-    kernels.py     kernel sandboxes: start, warm-up, seal, inspect, signal, limits, destroy
+    kernels.py     kernel sandboxes: start (boot or restore), warm-up, seal, inspect, signal, limits, destroy
+    restore.py     the template kernel's checkpoint, and whether this machine can restore at all
+    oci_restore.py the engine runtime's side of a restore (run by scripts/execbox-runtime)
     workers.py     batch workers (fork servers)
     helpers.py     in-sandbox helpers run through the engine: files, process sweep
     cgroups.py     CPU and memory accounting from the container's cgroup
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from execbox_server.backends.base import SandboxSpec, SandboxState, Usage
+from execbox_server.backends.base import KernelStarts, SandboxSpec, SandboxState, Usage
 from execbox_server.backends.docker.engine import Engine
 from execbox_server.backends.docker.helpers import SandboxHelpers
 from execbox_server.backends.docker.kernels import DockerKernel, KernelSandboxes
@@ -46,6 +48,12 @@ class DockerBackend:
             EngineUnavailable: the engine does not answer.
         """
         await self.engine.open()
+        settings = self.engine.settings
+        await self._kernels.prepare_restore(SandboxSpec(memory_mb=settings.memory_mb, cpus=settings.cpus))
+
+    @property
+    def kernel_starts(self) -> KernelStarts:
+        return self._kernels.restore
 
     async def close(self) -> None:
         """Remove every container this instance owns, then release the instance lock."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import secrets
 import select
@@ -15,7 +17,8 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import _create_container_args
-from execbox_server.backends.base import SandboxGone, SandboxSpec, SandboxState, SandboxStatus
+from execbox_server.backends.base import KernelStarts, SandboxGone, SandboxSpec, SandboxState, SandboxStatus
+from execbox_server.backends.docker import restore
 from execbox_server.backends.docker.cgroups import CgroupFiles
 from execbox_server.backends.docker.containers import (
     ACTIVE_CPU_SHARES,
@@ -28,6 +31,12 @@ from execbox_server.errors import EngineUnavailable, InvalidLimits, SandboxStart
 from execbox_server.kernel import ConnectionFiles, KernelConnection, KernelNotReady
 
 __all__ = ["DockerKernel", "KernelSandboxes", "seal_dir"]
+
+log = logging.getLogger("execbox.backend")
+
+# Consecutive failed restores after which kernels boot for the rest of the run (each failed
+# restore is followed by a boot, so no caller sees it fail).
+_MAX_RESTORE_FAILURES = 3
 
 # Cells run (outside the history) before a kernel joins the pool: the first displayhook and
 # the first traceback of a fresh IPython cost ~0.3 s, then nothing. The last cell removes
@@ -68,6 +77,9 @@ class KernelSandboxes:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._settings = engine.settings
+        self.restore = KernelStarts()
+        self._template: restore.Template | None = None
+        self._restore_failures = 0
         self._background: set[asyncio.Task[None]] = set()
         # The sandbox cuts its own messages' text and data to this many wire bytes; the
         # envelope, metadata and a traceback fit in the margin. Larger ones are forged: the
@@ -78,15 +90,82 @@ class KernelSandboxes:
         """Nothing to release: connections are closed with their kernels."""
 
     async def start(self, spec: SandboxSpec) -> DockerKernel:
-        """Start a sandbox and return once its kernel answers and is warm.
+        """Start a sandbox and return once its kernel answers and is warm: restored from the
+        template where there is one, booted otherwise (and when a restore fails).
 
         Raises:
             EngineUnavailable, SandboxStartFailed (nothing is left behind).
         """
+        template = self._template
+        if template is not None:
+            try:
+                kernel = await self._start(spec, restore_from=template)
+            except SandboxStartFailed as exc:
+                self._restore_failed(template, exc)
+            else:
+                self._restore_failures = 0
+                self.restore.restored += 1
+                return kernel
+        kernel = await self._start(spec)
+        self.restore.booted += 1
+        return kernel
+
+    async def prepare_restore(self, spec: SandboxSpec) -> None:
+        """Boot, warm and checkpoint the template kernel, or say in ``self.restore`` why kernels
+        will boot instead. Never raises but EngineUnavailable and cancellation."""
+        reason = await restore.unavailable(self._engine)
+        if reason is None:
+            try:
+                self._template = await self._make_template(spec)
+            except (SandboxStartFailed, restore.CheckpointFailed, KernelNotReady) as exc:
+                reason = f"the template kernel could not be checkpointed: {exc}"
+        if reason is None:
+            self.restore.mode, self.restore.reason = "restore", None
+            log.info("kernels start by restoring a checkpoint of a warm template kernel")
+        else:
+            self.restore.mode, self.restore.reason = "boot", reason
+            log.info("kernels boot (no restore): %s", reason)
+
+    async def _make_template(self, spec: SandboxSpec) -> restore.Template:
+        kernel = await self._start(spec, template=True)
+        image_dir = self._engine.kernels_dir / f"template-{secrets.token_hex(4)}"
+        try:
+            await kernel.conn.prepare_checkpoint(self._settings.kernel_start_timeout_s)
+            # The dump takes the kernel's sockets with it; none may still be connected to us.
+            kernel.conn.close()
+            await asyncio.sleep(0.2)
+            await restore.checkpoint(self._engine, kernel.container_id, image_dir)
+        finally:
+            await asyncio.shield(self.destroy(kernel))
+        return restore.Template(image_dir=image_dir, key=kernel.files.key)
+
+    def _restore_failed(self, template: restore.Template, exc: Exception) -> None:
+        self._restore_failures += 1
+        log.warning("a restore failed (%d in a row), booting instead: %s", self._restore_failures, exc)
+        if self._restore_failures >= _MAX_RESTORE_FAILURES and self._template is template:
+            self._template = None
+            self.restore.mode = "boot"
+            self.restore.reason = f"{_MAX_RESTORE_FAILURES} restores failed in a row, the last: {exc}"
+            log.warning("kernels boot from now on: %s", self.restore.reason)
+
+    async def _start(
+        self, spec: SandboxSpec, *, restore_from: restore.Template | None = None, template: bool = False
+    ) -> DockerKernel:
         engine = self._engine
         kernel_id = secrets.token_hex(6)
-        files = ConnectionFiles.create(engine.kernels_dir / kernel_id, sandbox_uid=SANDBOX_UID)
+        host_dir = engine.kernels_dir / kernel_id
+        if restore_from is not None:
+            files = ConnectionFiles.for_restore(host_dir, key=restore_from.key, sandbox_uid=SANDBOX_UID)
+        else:
+            files = ConnectionFiles.create(host_dir, sandbox_uid=SANDBOX_UID)
         args = container_args(self._settings, engine.instance_id, kernel_id, spec, files.host_dir, role="kernel")
+        if restore_from is not None or template:
+            args["runtime"] = self._settings.restore_runtime
+            if restore_from is not None:
+                args["environment"][restore.RESTORE_ENV] = str(restore_from.image_dir)
+                args["environment"]["EXECBOX_CRIU"] = str(self._settings.criu_path)
+            else:
+                args["environment"][restore.TEMPLATE_ENV] = "1"
         container_id: str | None = None
         conn: KernelConnection | None = None
         kernel: DockerKernel | None = None
@@ -109,14 +188,19 @@ class KernelSandboxes:
                 cgroup=CgroupFiles(container_id, root=self._settings.cgroup_root),
             )
             await self._wait_ready(kernel)
+            if restore_from is not None:
+                # A copy of the template: its own key and seeds, and no root, before anything else.
+                key = await conn.rekey(self._settings.kernel_start_timeout_s)
+                kernel.files = dataclasses.replace(files, key=key)
             state = await pid_lookup
             kernel.pidfd = _open_init_pidfd(state.get("State", {}).get("Pid"), container_id)
             # The kernel has bound its sockets and read its connection file; no user code has
             # run yet. From here on the sandbox cannot create, rename or fill anything in the
             # directory it shares with the host.
             await asyncio.to_thread(seal_dir, files.host_dir)
-            for code in _WARM_UP:
-                await conn.warm_up(code, timeout=self._settings.kernel_start_timeout_s)
+            if restore_from is None:  # a restored kernel was warmed as the template
+                for code in _WARM_UP:
+                    await conn.warm_up(code, timeout=self._settings.kernel_start_timeout_s)
             return kernel
         except BaseException as exc:
             # Nothing half-started may survive a failure or a cancellation.
