@@ -18,6 +18,7 @@ install: $(VENV)/.installed
 
 engine:
 	@scripts/ensure-docker.sh
+	@scripts/ensure-criu.sh || echo "[make] no CRIU >= 4.2 here: kernels boot instead of being restored (README: Fresh sessions)" >&2
 
 images: engine
 	@sandbox_images/python/build.sh
