@@ -124,7 +124,7 @@ def plan(argv: list[str], config: dict[str, Any], runc: str) -> tuple[list[str],
     bundle = options.get("--bundle", ".")
     command = [runc, *globals_]
     criu = _env(config).get("EXECBOX_CRIU")
-    if criu and "--criu" not in globals_:
+    if criu and not any(arg == "--criu" or arg.startswith("--criu=") for arg in globals_):
         command += ["--criu", criu]
     command += ["restore", "--detach", "--bundle", bundle, "--image-path", image]
     command += ["--work-path", str(Path(bundle) / "criu-work")]
@@ -150,10 +150,22 @@ def main(argv: list[str]) -> int:
     if state_dir is None:
         os.execvp(command[0], command)
     # The shim's stdio pipes are passed on: runc maps the checkpoint's stdio onto them.
-    code = subprocess.call(command)
-    if code == 0:
+    try:
+        code = subprocess.call(command)
+    except OSError as exc:
+        print(f"execbox runtime: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 2
+    if code != 0:
+        return code
+    try:
         (Path(state_dir) / RESTORED_MARKER).touch()
-    return code
+    except OSError as exc:
+        # Without the marker the engine's start would fail on a running container: undo the
+        # restore rather than leave a process the engine believes was never created.
+        print(f"execbox runtime: restored, but cannot mark {state_dir}: {exc}", file=sys.stderr)
+        subprocess.call([command[0], *_split(argv)[0], "delete", "--force", _split(argv)[3]])
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -140,6 +140,23 @@ def test_main_failed_restore_leaves_no_marker_and_returns_runcs_code(
     assert not (tmp_path / "root" / CID / RESTORED_MARKER).exists()
 
 
+def test_main_undoes_a_restore_it_cannot_mark_so_the_engine_never_loses_a_running_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_runc(tmp_path, monkeypatch)
+    bundle = bundle_with(tmp_path, config("EXECBOX_RESTORE_IMAGE=/ckpt"))
+    root = tmp_path / "root"  # no <root>/<id>: the marker cannot be written
+    assert main(["--root", str(root), "create", "--bundle", str(bundle), CID]) == 1
+    assert runc_calls(tmp_path)[-1] == ["--root", str(root), "delete", "--force", CID]
+
+
+def test_a_criu_the_caller_chose_in_either_form_is_kept() -> None:
+    for chosen in (["--criu", "/usr/sbin/criu"], ["--criu=/usr/sbin/criu"]):
+        argv = [*chosen, "create", "--bundle", "/b", CID]
+        command, _ = plan(argv, config("EXECBOX_RESTORE_IMAGE=/ckpt", "EXECBOX_CRIU=/opt/criu"), "runc")
+        assert "/opt/criu" not in command and command[1 : 1 + len(chosen)] == chosen
+
+
 def test_main_without_a_config_exits_2_without_calling_runc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_runc(tmp_path, monkeypatch)
     assert main(["create", "--bundle", str(tmp_path / "missing"), CID]) == 2
