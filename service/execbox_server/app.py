@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, backend: ServiceBackend | None = None) -> 
             min_ready=settings.min_ready,
             max_total=settings.max_total,
             max_starting=settings.max_starting,
+            max_ready=settings.max_ready,
         )
         manager = SessionManager(settings, pool, Executor(sandbox_backend), sandbox_backend, metrics=metrics)
         batch_runner = BatchRunner(settings, sandbox_backend, metrics=metrics)

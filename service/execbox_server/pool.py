@@ -2,6 +2,9 @@
 
 The pool keeps ``min_ready`` kernels started and answering, never more than ``max_total``
 alive (ready + starting + leased) and never more than ``max_starting`` starting at once.
+Under demand it keeps more, following the acquire rate: as many as the acquires of the last
+``DEMAND_WINDOW_S`` would use up while two kernels start one after the other, up to
+``max_ready``; spares above that target are removed once per second when demand falls.
 A kernel serves one lease and is destroyed after it: ``release`` never puts a used kernel
 back (the lesson of kernel_gateway). Replenishing runs in the background; an ``acquire``
 that finds nothing ready waits for the next kernel up to its deadline, then fails with
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ K = TypeVar("K")
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 10.0
 _HEALTH_INTERVAL_S = 1.0
+DEMAND_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,14 @@ class KernelPool(Generic[K]):
         min_ready: int,
         max_total: int,
         max_starting: int,
+        max_ready: int | None = None,
     ) -> None:
         if min_ready > max_total:
             raise ValueError("min_ready must not exceed max_total")
+        # Demand never asks for fewer than min_ready, nor for more than max_total.
+        self._max_ready = min(max_total, max(min_ready, max_ready if max_ready is not None else min_ready))
+        self._acquired: deque[float] = deque()  # when recent leases were taken
+        self._start_s = 1.0  # a kernel's start, smoothed over the recent ones
         self._backend = backend
         self._spec = spec
         self._min_ready = min_ready
@@ -137,10 +147,12 @@ class KernelPool(Generic[K]):
                 self._discard_ready(kernel)
                 continue
             self._leased.add(kernel)
+            self._acquired.append(time.monotonic())
             self._fill()
             return kernel
         waiter: asyncio.Future[K] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._acquired.append(time.monotonic())
         self._fill()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -213,7 +225,7 @@ class KernelPool(Generic[K]):
         if now < self._retry_at:
             self._schedule_retry(self._retry_at - now)
             return
-        want = self._min_ready + len(self._waiters) - len(self._ready) - self._starting
+        want = self._target_ready() + len(self._waiters) - len(self._ready) - self._starting
         room = self._max_total - (len(self._ready) + len(self._leased) + self._starting)
         slots = self._max_starting - self._starting
         for _ in range(max(0, min(want, room, slots))):
@@ -221,6 +233,15 @@ class KernelPool(Generic[K]):
             task = asyncio.get_running_loop().create_task(self._start_one())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _target_ready(self) -> int:
+        """Spares to keep now: min_ready, or what recent demand would use up while two starts
+        run one after the other, up to max_ready."""
+        horizon = time.monotonic() - DEMAND_WINDOW_S
+        while self._acquired and self._acquired[0] < horizon:
+            self._acquired.popleft()
+        demand = math.ceil(len(self._acquired) / DEMAND_WINDOW_S * 2 * self._start_s)
+        return max(self._min_ready, min(self._max_ready, demand))
 
     def _schedule_retry(self, delay: float) -> None:
         if self._retry_handle is None or self._retry_handle.cancelled():
@@ -234,6 +255,7 @@ class KernelPool(Generic[K]):
 
     async def _start_one(self) -> None:
         kernel: K | None = None
+        began = time.monotonic()
         try:
             kernel = await self._backend.start(self._spec)
         except asyncio.CancelledError:
@@ -259,6 +281,7 @@ class KernelPool(Generic[K]):
             return
         self._starting -= 1
         self._starts += 1
+        self._start_s = 0.8 * self._start_s + 0.2 * (time.monotonic() - began)
         self._failures_in_a_row = 0
         self._last_error = None
         self._retry_at = 0.0
@@ -278,6 +301,9 @@ class KernelPool(Generic[K]):
                 log.warning("a ready kernel's sandbox is gone; discarding it")
                 self._ready.remove(kernel)
                 self._discard_ready(kernel)
+            # Demand fell: the spares it called for go, the oldest first, one a second.
+            if len(self._ready) > self._target_ready() and not self._waiters:
+                self._discard_ready(self._ready.popleft())
 
     def _discard_ready(self, kernel: K) -> None:
         task = asyncio.get_running_loop().create_task(self._backend.destroy(kernel))

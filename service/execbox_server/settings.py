@@ -75,7 +75,15 @@ class Settings(BaseSettings):
     # --- pool
     min_ready: int = Field(2, ge=0, description="Warm kernels kept ready.")
     max_total: int = Field(16, ge=1, description="Most kernels alive at once (ready + starting + leased).")
-    max_starting: int = Field(2, ge=1, description="Most kernels starting at once.")
+    max_ready: int = Field(
+        8,
+        ge=0,
+        description="Most warm kernels kept when demand is high: beyond min_ready the pool keeps what the acquires "
+        "of the last 10 s would use up while two kernels start, up to this (~70 MiB each); min_ready when idle.",
+    )
+    # 4: a restore spends most of its ~0.5 s waiting on CRIU and the engine, so two at a time
+    # left the cores idle half the time; boots at the spare weight yield to live sessions anyway.
+    max_starting: int = Field(4, ge=1, description="Most kernels starting at once.")
     acquire_timeout_s: float = Field(4.0, ge=0, description="How long a request waits for a free kernel.")
     # A deadline for a hung start, not a slow one: spares boot at a low CPU weight so they yield
     # to live sessions, and on a busy 2-core machine (load 15) a boot measured over 30 s of wall

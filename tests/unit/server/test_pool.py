@@ -225,3 +225,27 @@ async def test_spares_whose_sandbox_died_are_replaced_without_waiting_for_a_leas
     backend.dead.update(backend.started)
     await wait_for(lambda: all(k.destroyed for k in backend.dead) and pool.stats().ready == 2, timeout=5)
     await pool.close()
+
+
+async def test_the_pool_keeps_more_spares_under_demand_and_shrinks_back_when_it_falls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import execbox_server.pool as pool_module
+
+    # A long window: however slow this machine, every lease below still counts as recent.
+    monkeypatch.setattr(pool_module, "DEMAND_WINDOW_S", 20.0)
+    backend = FakeBackend(start_delay=1.0)
+    pool = KernelPool(backend, spec=SPEC, min_ready=1, max_total=20, max_starting=8, max_ready=3)
+    pool.start()
+    await wait_for(lambda: pool.stats().ready == 1, timeout=5)
+    # 24 leases in the window with starts of >= 1 s: demand for more than 3 spares, capped at 3.
+    for _ in range(24):
+        await pool.release(await pool.acquire(timeout=30))
+    await wait_for(lambda: pool.stats().ready == 3, timeout=10)
+    await asyncio.sleep(1.2)
+    assert pool.stats().ready + pool.stats().starting <= 3  # never past max_ready
+    # Demand gone (the window now ends before the last lease): back to min_ready.
+    monkeypatch.setattr(pool_module, "DEMAND_WINDOW_S", 0.001)
+    await wait_for(lambda: pool.stats().ready == 1, timeout=10)
+    await wait_for(lambda: backend.alive == 1)
+    await pool.close()
