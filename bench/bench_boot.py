@@ -26,6 +26,12 @@ fresh sessions back to back (create -> first result -> delete, never waiting for
 a burst of concurrent creates, the idle-pool path, and ``print(1)`` in an open session vs raw
 ``jupyter_client`` on a container of the same image.
 
+Part ``cpu`` (a real server per ``--variant``): CPU per fresh session by where it is spent —
+dockerd, containerd, the service, the sandboxes (the engine's cgroup ``cpuacct.usage``), and
+the rest of the machine (mostly the shims with the runc / CRIU / runtime-wrapper children they
+reap, which exit with each container) — over back-to-back sessions with a pool large enough
+that none waits. This is the breakdown of a restore next to a boot.
+
 The machine is shared: every run prints the load average; compare figures of one run only.
 Run: ``python bench/bench_boot.py [breakdown|engine|headline|all]`` (as root, like the service).
 Prints numbers; asserts nothing.
@@ -494,9 +500,69 @@ def run_headline(
         )
 
 
+def _machine_cpu_s() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """A process's CPU with its reaped children's, in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_cpu(n: int, variants: list[tuple[str, dict[str, str]]], exec_root: Path) -> None:
+    from execbox import Client
+
+    engine = EngineCPU(exec_root)
+    cgroup = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+    header(f"CPU per fresh session, {n} back to back per variant (a pool of 8, never waited for)")
+    print("| variant | sessions/s | dockerd | containerd | service | sandboxes | rest (shims, runc, CRIU) | total |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    for name, settings in variants:
+        settings = {"min_ready": "8", "max_starting": "8", "acquire_timeout_s": "120", **settings}
+        with _server(settings) as server, Client(server.url, timeout=120) as client:
+            from bench_core import wait_pool
+
+            wait_pool(server.url, 8)
+            server_pid = server.proc.pid
+            before = (
+                _proc_cpu_s(engine.dockerd),
+                _proc_cpu_s(engine.containerd),
+                _proc_cpu_s(server_pid),
+                int(cgroup.read_text()) / 1e9,
+                _machine_cpu_s(),
+            )
+            t0 = time.perf_counter()
+            for _ in range(n):
+                session = client.session()
+                session.run("1")
+                session.close()
+            elapsed = time.perf_counter() - t0
+            wait_pool(server.url, 8)  # the refills of those sessions, and their removals, done
+            after = (
+                _proc_cpu_s(engine.dockerd),
+                _proc_cpu_s(engine.containerd),
+                _proc_cpu_s(server_pid),
+                int(cgroup.read_text()) / 1e9,
+                _machine_cpu_s(),
+            )
+        d = [(a - b) / n * 1000 for a, b in zip(after, before, strict=True)]
+        rest = d[4] - sum(d[:4])
+        print(
+            f"| {name} | {n / elapsed:.2f} | {d[0]:.0f} ms | {d[1]:.0f} ms | {d[2]:.0f} ms | {d[3]:.0f} ms | "
+            f"{rest:.0f} ms | {d[4]:.0f} ms |",
+            flush=True,
+        )
+    print(f"load average after: {load_average()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", nargs="?", default="all", choices=["breakdown", "engine", "headline", "all"])
+    parser.add_argument("part", nargs="?", default="all", choices=["breakdown", "engine", "headline", "cpu", "all"])
     parser.add_argument("-n", type=int, default=int(os.environ.get("BENCH_BOOT_N", "8")))
     parser.add_argument("--docker-url", default=None, help="engine to start containers on (default: DOCKER_HOST)")
     parser.add_argument("--exec-root", default="/var/run/docker", help="that engine's exec root (for its pids)")
@@ -537,18 +603,25 @@ def main() -> None:
             print_breakdown(boots, f"runtime {r or 'default'}, cpu shares {s or 'spare (128)'}")
     if args.part in ("engine", "all"):
         run_engine_ab(args.n, args.docker_url, Path(args.exec_root))
+    named = [(v.split(":", 1)[0], _kvs(v.split(":", 1)[1] if ":" in v else "")) for v in args.variant]
+    if args.part == "cpu":
+        run_cpu(args.n, named or [("boot", {"restore": "off"}), ("restore", {"restore": "auto"})], Path(args.exec_root))
     if args.part in ("headline", "all"):
         extra = dict(kv.split("=", 1) for kv in args.set)
         variants = [v.split(":", 1) for v in args.variant] or [["", ""]]
         for path in args.server_path or [None]:
             for name, kvs in variants:
-                settings = {**extra, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}
+                settings = {**extra, **_kvs(kvs)}
                 if name:
                     header(f"variant {name}")
                 run_headline(args.sustained, args.burst, args.idle, args.rtt, settings, path)
         if not args.skip_raw:
             raw = _raw_host_rtt(args.rtt)
             _row("print(1) raw jupyter_client, host kernel p50", f"{_ms(raw, 50)} ms (p90 {_ms(raw, 90)})", "")
+
+
+def _kvs(text: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
 
 
 def _boots(n: int, docker_url: str | None, exec_root: Path, runtime: str | None, shares: int | None) -> list[Boot]:
