@@ -514,6 +514,17 @@ def _proc_cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_snapshot(engine: EngineCPU, server_pid: int, cgroup: Path) -> tuple[float, ...]:
+    """CPU seconds so far: dockerd, containerd, the service, the sandboxes, the whole machine."""
+    return (
+        _proc_cpu_s(engine.dockerd),
+        _proc_cpu_s(engine.containerd),
+        _proc_cpu_s(server_pid),
+        int(cgroup.read_text()) / 1e9,
+        _machine_cpu_s(),
+    )
+
+
 def run_cpu(n: int, variants: list[tuple[str, dict[str, str]]], exec_root: Path) -> None:
     from execbox import Client
 
@@ -528,14 +539,7 @@ def run_cpu(n: int, variants: list[tuple[str, dict[str, str]]], exec_root: Path)
             from bench_core import wait_pool
 
             wait_pool(server.url, 8)
-            server_pid = server.proc.pid
-            before = (
-                _proc_cpu_s(engine.dockerd),
-                _proc_cpu_s(engine.containerd),
-                _proc_cpu_s(server_pid),
-                int(cgroup.read_text()) / 1e9,
-                _machine_cpu_s(),
-            )
+            before = _cpu_snapshot(engine, server.proc.pid, cgroup)
             t0 = time.perf_counter()
             for _ in range(n):
                 session = client.session()
@@ -543,13 +547,7 @@ def run_cpu(n: int, variants: list[tuple[str, dict[str, str]]], exec_root: Path)
                 session.close()
             elapsed = time.perf_counter() - t0
             wait_pool(server.url, 8)  # the refills of those sessions, and their removals, done
-            after = (
-                _proc_cpu_s(engine.dockerd),
-                _proc_cpu_s(engine.containerd),
-                _proc_cpu_s(server_pid),
-                int(cgroup.read_text()) / 1e9,
-                _machine_cpu_s(),
-            )
+            after = _cpu_snapshot(engine, server.proc.pid, cgroup)
         d = [(a - b) / n * 1000 for a, b in zip(after, before, strict=True)]
         rest = d[4] - sum(d[:4])
         print(
