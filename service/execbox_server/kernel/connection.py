@@ -494,10 +494,12 @@ class KernelConnection:
             await self._connect()
             await asyncio.sleep(0.0 if self._shell is not None and self._iopub is not None else 0.02)
         self._drain()
-        msg_id = self._send(self._shell, "execute_request", _execute_content(code, store_history=False))
+        shell, iopub = self._shell, self._iopub
+        msg_id = self._send(shell, "execute_request", _execute_content(code, store_history=False))
+        old_session = self._session
         if rekey_to is not None:
-            # From the cell on, the kernel signs with the new key: what it sent before under
-            # the old one no longer verifies and is skipped.
+            # From inside the cell on, the kernel signs with the new key. A refusal comes before
+            # the switch, under the old one: both are read until the cell is over.
             self._session = Session(key=rekey_to.encode(), signature_scheme="hmac-sha256", username="execbox")
         status: str | None = None
         idle = False
@@ -505,10 +507,20 @@ class KernelConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise KernelNotReady(f"the kernel did not finish a template step within {timeout:.1f}s")
+            for wire in (shell, iopub):
+                if wire.violation is not None or wire.lost:
+                    raise KernelNotReady(f"the kernel's connection broke during a template step: {wire.violation}")
+            for idle_wire in (self._control, self._stdin):
+                if idle_wire is not None:
+                    idle_wire.clear()  # nothing is expected there; left queued, _wait would never wait
             await self._wait(min(remaining, 0.2))
-            for wire in (self._shell, self._iopub):
+            for wire in (shell, iopub):
                 while (frames := wire.pop()) is not None:
                     msg = self._parse(frames)
+                    if msg is None and rekey_to is not None:
+                        self._session, tried = old_session, self._session
+                        msg = self._parse(frames)
+                        self._session = tried
                     if msg is None or msg["parent_header"].get("msg_id") != msg_id:
                         continue
                     if msg["msg_type"] == "execute_reply":
@@ -518,6 +530,7 @@ class KernelConnection:
                             raise KernelNotReady(f"the kernel refused a template step: {reason[:300]}")
                     elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                         idle = True
+            await asyncio.sleep(0)
         self._drain()
 
     def mute_output(self) -> int:

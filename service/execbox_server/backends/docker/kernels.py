@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import select
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ log = logging.getLogger("execbox.backend")
 # Consecutive failed restores after which kernels boot for the rest of the run (each failed
 # restore is followed by a boot, so no caller sees it fail).
 _MAX_RESTORE_FAILURES = 3
+_REKEY_TIMEOUT_S = 30.0
 
 # Cells run (outside the history) before a kernel joins the pool: the first displayhook and
 # the first traceback of a fresh IPython cost ~0.3 s, then nothing. The last cell removes
@@ -113,12 +115,16 @@ class KernelSandboxes:
     async def prepare_restore(self, spec: SandboxSpec) -> None:
         """Boot, warm and checkpoint the template kernel, or say in ``self.restore`` why kernels
         will boot instead. Never raises but EngineUnavailable and cancellation."""
-        reason = await restore.unavailable(self._engine)
-        if reason is None:
-            try:
+        try:
+            reason = await restore.unavailable(self._engine)
+            if reason is None:
                 self._template = await self._make_template(spec)
-            except (SandboxStartFailed, restore.CheckpointFailed, KernelNotReady) as exc:
-                reason = f"the template kernel could not be checkpointed: {exc}"
+        except (EngineUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # Whatever went wrong, the service still serves: its kernels boot.
+            log.warning("restore is off: the template kernel could not be made or checkpointed: %s", exc)
+            reason = "the template kernel could not be checkpointed (the log says why)"
         if reason is None:
             self.restore.mode, self.restore.reason = "restore", None
             log.info("kernels start by restoring a checkpoint of a warm template kernel")
@@ -145,8 +151,14 @@ class KernelSandboxes:
         if self._restore_failures >= _MAX_RESTORE_FAILURES and self._template is template:
             self._template = None
             self.restore.mode = "boot"
-            self.restore.reason = f"{_MAX_RESTORE_FAILURES} restores failed in a row, the last: {exc}"
-            log.warning("kernels boot from now on: %s", self.restore.reason)
+            self.restore.reason = f"{_MAX_RESTORE_FAILURES} restores failed in a row (the log says why)"
+            log.warning("kernels boot from now on: %d restores failed in a row", _MAX_RESTORE_FAILURES)
+            # 67 MB nobody restores from any more.
+            task = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(shutil.rmtree, template.image_dir, ignore_errors=True)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _start(
         self, spec: SandboxSpec, *, restore_from: restore.Template | None = None, template: bool = False
@@ -190,7 +202,8 @@ class KernelSandboxes:
             await self._wait_ready(kernel)
             if restore_from is not None:
                 # A copy of the template: its own key and seeds, and no root, before anything else.
-                key = await conn.rekey(self._settings.kernel_start_timeout_s)
+                # A short budget: a restored kernel answers within milliseconds or is broken.
+                key = await conn.rekey(min(self._settings.kernel_start_timeout_s, _REKEY_TIMEOUT_S))
                 kernel.files = dataclasses.replace(files, key=key)
             state = await pid_lookup
             kernel.pidfd = _open_init_pidfd(state.get("State", {}).get("Pid"), container_id)

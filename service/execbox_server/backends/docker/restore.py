@@ -21,13 +21,18 @@ container, a checkpoint that fails) kernels boot, and ``KernelStarts.reason`` sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
+import logging
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from execbox_server.backends.docker.engine import Engine
+
+log = logging.getLogger("execbox.backend")
 
 __all__ = ["RESTORE_ENV", "TEMPLATE_ENV", "CheckpointFailed", "Template", "checkpoint", "unavailable"]
 
@@ -61,14 +66,18 @@ async def unavailable(engine: Engine) -> str | None:
             f"the engine has no {settings.restore_runtime!r} runtime: start dockerd with "
             f"--add-runtime {settings.restore_runtime}=<repo>/scripts/execbox-runtime (scripts/ensure-docker.sh does)"
         )
-    if shutil.which("runc") is None or not glob.glob("/run/docker/runtime-*/moby"):
+    # dockerd's exec root, where runc keeps its containers' state: on the engine's host only.
+    on_host = await asyncio.to_thread(os.path.isdir, "/run/docker")
+    if shutil.which("runc") is None or not on_host:
         return "runc and the engine's container state are not visible here (the service runs in a container?)"
     criu = settings.criu_path
     if not os.access(criu, os.X_OK):
         return f"no CRIU at {criu} (EXECBOX_CRIU_PATH; scripts/ensure-criu.sh installs CRIU >= 4.2 there)"
     code, output = await _run([str(criu), "check"], _CHECK_TIMEOUT_S)
     if code != 0:
-        return f"`criu check` failed: {output.strip()[-300:]}"
+        # The detail (host paths, kernel features) goes to the log; /v1/info is open to all.
+        log.warning("`criu check` failed: %s", output.strip()[-1000:])
+        return "`criu check` fails on this machine (the log has its output)"
     return None
 
 
@@ -86,28 +95,41 @@ async def checkpoint(engine: Engine, container_id: str, image_dir: Path) -> None
     work = image_dir.with_name(image_dir.name + ".work")
     command = ["runc", "--root", root, "--criu", str(engine.settings.criu_path), "checkpoint"]
     command += ["--image-path", str(image_dir), "--work-path", str(work), container_id]
-    code, output = await _run(command, _CHECKPOINT_TIMEOUT_S)
-    if code != 0:
-        detail = await asyncio.to_thread(_criu_errors, work)
-        await asyncio.to_thread(shutil.rmtree, image_dir, ignore_errors=True)
-        raise CheckpointFailed(f"runc checkpoint exited {code}: {output.strip()[-300:]} {detail}".strip())
-    await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
+    code = -1
+    try:
+        code, output = await _run(command, _CHECKPOINT_TIMEOUT_S)
+        if code != 0:
+            detail = await asyncio.to_thread(_criu_errors, work)
+            raise CheckpointFailed(f"runc checkpoint exited {code}: {output.strip()[-300:]} {detail}".strip())
+    finally:
+        # A half-written image is of no use; CRIU's logs went into the exception above.
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, ignore_errors=True))
+        if code != 0:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, image_dir, ignore_errors=True))
 
 
 async def _run(command: list[str], timeout: float) -> tuple[int, str]:
     """Run a host command; its exit code and combined output (-1 when it could not run)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            # Its own group: runc's CRIU child is stopped with it, on a timeout or a cancellation.
+            start_new_session=True,
         )
     except OSError as exc:
         return -1, str(exc)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"{command[0]} did not finish within {timeout:g}s"
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.shield(proc.wait())
+        if isinstance(exc, TimeoutError):
+            return -1, f"{command[0]} did not finish within {timeout:g}s"
+        raise
     return proc.returncode or 0, out.decode(errors="replace")
 
 

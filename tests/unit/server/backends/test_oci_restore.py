@@ -179,9 +179,29 @@ def test_start_of_a_restored_container_does_not_call_runc(tmp_path: Path, monkey
 
 
 @pytest.mark.parametrize(
+    ("argv", "sent"),
+    [
+        (["delete", CID], ["delete", "--force", CID]),
+        (["--log", "/l", "delete", CID], ["--log", "/l", "delete", "--force", CID]),
+        (["delete", "--force", CID], ["delete", "--force", CID]),
+    ],
+)
+def test_delete_of_a_restored_container_is_forced_as_it_already_runs(
+    argv: list[str], sent: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_runc(tmp_path, monkeypatch)
+    root = tmp_path / "root"
+    (root / CID).mkdir(parents=True)
+    (root / CID / RESTORED_MARKER).touch()
+    assert run_runtime("--root", str(root), *argv) == 0
+    assert runc_calls(tmp_path) == [["--root", str(root), *sent]]
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["--root", "ROOT", "start", CID],
+        ["--root", "ROOT", "delete", CID],
         ["--root=ROOT", "--log", "/l", "state", CID],
         ["--root", "ROOT", "delete", "--force", CID],
         ["--root", "ROOT", "create", "--bundle", "BUNDLE", "--pid-file", "/p", CID],
