@@ -661,7 +661,7 @@ class InfoKernelStart(_Model):
     )
     reason: str | None = Field(None, description="Why kernels boot rather than restore; null when they restore.")
     restored: int = Field(description="Kernels restored since start-up.")
-    booted: int = Field(description="Kernels booted since start-up (the template's and fall-backs included).")
+    booted: int = Field(description="Kernels booted since start-up (fall-backs after a failed restore included; the template itself not).")
 
 
 class Info(_Model):
