@@ -661,7 +661,9 @@ class InfoKernelStart(_Model):
     )
     reason: str | None = Field(None, description="Why kernels boot rather than restore; null when they restore.")
     restored: int = Field(description="Kernels restored since start-up.")
-    booted: int = Field(description="Kernels booted since start-up (fall-backs after a failed restore included; the template itself not).")
+    booted: int = Field(
+        description="Kernels booted since start-up (fall-backs after a failed restore included; the template not)."
+    )
 
 
 class Info(_Model):
