@@ -416,22 +416,6 @@ def _burst(url: str, count: int) -> tuple[list[float], int, float]:
     return ok, count - len(ok), elapsed
 
 
-def _idle_pool(url: str, count: int) -> list[float]:
-    from bench_core import wait_pool
-    from execbox import Client
-
-    times = []
-    with Client(url) as client:
-        for _ in range(count):
-            wait_pool(url, 2)
-            t0 = time.perf_counter()
-            session = client.session()
-            session.run("1")
-            times.append(time.perf_counter() - t0)
-            session.close()
-    return times
-
-
 def _raw_host_rtt(count: int) -> list[float]:
     """``print(1)`` through raw jupyter_client against an ipykernel on the host (no container), IPC."""
     import jupyter_client
@@ -482,7 +466,7 @@ def run_headline(
     with _server(settings) as server:
         # Settle: the pool's first fill is not part of any figure.
         bench_core.wait_pool(server.url, 2)
-        idle = _idle_pool(server.url, n_idle)
+        idle = bench_core.bench_warm(server.url, n_idle)
         _row("idle pool: create -> first result p50", f"{_ms(idle, 50)} ms (p90 {_ms(idle, 90)})", "<= 20 ms")
         rest = bench_core.bench_rest_rtt(server.url)
         _row("print(1) REST in an open session p50", f"{_ms(rest, 50)} ms (p90 {_ms(rest, 90)})", "<= raw")

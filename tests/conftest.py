@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,21 @@ def instance_of(server: LocalServer) -> str:
     return match.group(1)
 
 
+@contextmanager
+def owned_server(log: Path, settings: Mapping[str, str]) -> Iterator[LocalServer]:
+    """A service of its own for a fixture: stopped at the end, where it must exit cleanly and
+    leave none of its containers behind."""
+    srv = start_server(log, settings)
+    instance = instance_of(srv)
+    yield srv
+    code = srv.stop()
+    leftovers = execbox_containers(instance)
+    # uvicorn re-raises the signal after a clean shutdown, so -SIGTERM is a clean exit too.
+    assert code in (0, -signal.SIGTERM), srv.log.read_text()[-3000:]
+    assert "Application shutdown complete" in srv.log.read_text()
+    assert not leftovers, f"containers left behind by the service: {leftovers}"
+
+
 SERVER_SETTINGS = {
     "min_ready": "2",
     "max_total": "12",
@@ -67,15 +84,8 @@ SERVER_SETTINGS = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     if not docker_ok():
         pytest.fail("integration tests need a Docker engine and the sandbox image: run 'make test' (it sets both up)")
-    srv = start_server(tmp_path_factory.mktemp("server") / "main.log", SERVER_SETTINGS)
-    instance = instance_of(srv)
-    yield srv
-    code = srv.stop()
-    leftovers = execbox_containers(instance)
-    # uvicorn re-raises the signal after a clean shutdown, so -SIGTERM is a clean exit too.
-    assert code in (0, -signal.SIGTERM), srv.log.read_text()[-3000:]
-    assert "Application shutdown complete" in srv.log.read_text()
-    assert not leftovers, f"containers left behind by the service: {leftovers}"
+    with owned_server(tmp_path_factory.mktemp("server") / "main.log", SERVER_SETTINGS) as srv:
+        yield srv
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@ a 3 s cell deadline): each failure is reported to the Jupyter client honestly, a
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,16 +14,16 @@ import pytest
 import websocket
 from jupyter_kernel_client import JupyterKernelClient  # type: ignore[import-untyped]
 
-from tests.conftest import execbox_containers, instance_of
+from tests.conftest import owned_server
 from tests.integration.test_gateway import execute_request, of_type, run_raw, warm_kernel_ready
-from tests.support.server import LocalServer, start_server
+from tests.support.server import LocalServer
 
 KEY_A, KEY_B = "gw-key-one", "gw-key-two"
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    srv = start_server(
+    with owned_server(
         tmp_path_factory.mktemp("gateway") / "server.log",
         {
             "api_keys": f"{KEY_A},{KEY_B}",
@@ -33,12 +32,8 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
             "default_timeout_s": "3",
             "interrupt_grace_s": "1",
         },
-    )
-    instance = instance_of(srv)
-    yield srv
-    code = srv.stop()
-    assert code in (0, -signal.SIGTERM), srv.log.read_text()[-3000:]
-    assert not execbox_containers(instance), "containers left behind by the service"
+    ) as srv:
+        yield srv
 
 
 def start(url: str, key: str) -> str:

@@ -30,10 +30,10 @@ import docker
 import httpx
 import pytest
 
-from tests.conftest import execbox_containers, instance_of
+from tests.conftest import owned_server
 from tests.integration.test_gateway import warm_kernel_ready
 from tests.support.browser import DevTools, headless_chromium
-from tests.support.server import LocalServer, free_port, start_server
+from tests.support.server import LocalServer, free_port
 
 KEY, OTHER_KEY = "lab-key", "someone-elses-key"
 LAB_TOKEN = "lab-browser-token"
@@ -160,7 +160,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def execbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """An execbox with API keys (the session server has none): JupyterLab's token is one of them."""
-    srv = start_server(
+    with owned_server(
         tmp_path_factory.mktemp("lab-execbox") / "server.log",
         {
             "api_keys": f"{KEY},{OTHER_KEY}",
@@ -170,12 +170,8 @@ def execbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
             # A restart waits for a kernel rather than fail while a busy machine starts one.
             "acquire_timeout_s": "120",
         },
-    )
-    instance = instance_of(srv)
-    yield srv
-    code = srv.stop()
-    assert code in (0, -signal.SIGTERM), srv.log.read_text()[-3000:]
-    assert not execbox_containers(instance), "containers left behind by the service"
+    ) as srv:
+        yield srv
 
 
 def write_lab_config(root: Path) -> dict[str, str]:
